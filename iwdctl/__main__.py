@@ -1,0 +1,5 @@
+import sys
+
+from iwdctl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""Rich output for the CLI: progress bars fed by the core's callbacks, and tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from iwdctl.runtime import ProgressCallback
+
+console = Console()
+error_console = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar(quiet: bool = False) -> Iterator[ProgressCallback]:
+    """A callback for the core that draws one bar per description."""
+    if quiet:
+        yield lambda completed, total, description="": None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=error_console, transient=False) as progress:
+        tasks: dict[str, int] = {}
+
+        def update(completed: int, total: int, description: str = "") -> None:
+            if description not in tasks:
+                tasks[description] = progress.add_task(description or "working", total=total)
+            progress.update(tasks[description], completed=completed, total=total)
+
+        yield update

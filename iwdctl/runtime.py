@@ -1,0 +1,53 @@
+"""Device choice, seeding and the progress callback the core reports through."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from iwdctl.errors import InputError
+
+
+class ProgressCallback(Protocol):
+    """Called by long-running core functions; the CLI draws a rich progress bar from it."""
+
+    def __call__(self, completed: int, total: int, description: str = "") -> None: ...
+
+
+def no_progress(completed: int, total: int, description: str = "") -> None:
+    """Default callback: report nothing."""
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """CUDA when present, else CPU; an explicit choice wins."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InputError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but CUDA is not available here")
+    return resolved
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Fix Python's, NumPy's and torch's random state; return a CPU generator seeded the same."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    return torch.Generator().manual_seed(seed)
+
+
+def cache_dir() -> str:
+    """Where converted weights are cached: $IWDCTL_CACHE, else $XDG_CACHE_HOME/iwdctl."""
+    root = os.environ.get("IWDCTL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "iwdctl"
+    )
+    os.makedirs(root, exist_ok=True)
+    return root
