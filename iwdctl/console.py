@@ -16,8 +16,8 @@ error_console = Console(stderr=True)
 
 @contextmanager
 def progress_bar(quiet: bool = False) -> Iterator[ProgressCallback]:
-    """A callback for the core that draws one bar per description."""
-    if quiet:
+    """A callback for the core that draws one bar per description (on a terminal, unless quiet)."""
+    if quiet or not error_console.is_terminal:
         yield lambda completed, total, description="": None
         return
     columns = (
@@ -36,3 +36,18 @@ def progress_bar(quiet: bool = False) -> Iterator[ProgressCallback]:
             progress.update(tasks[description], completed=completed, total=total)
 
         yield update
+
+
+def text_histogram(values: list[float], low: float, high: float, bins: int = 8, width: int = 28) -> list[str]:
+    """Rows of a terminal histogram over [low, high] (shared by the methods compared): 'start  ████ count'."""
+    span = (high - low) or 1.0
+    counts = [0] * bins
+    for value in values:
+        counts[min(bins - 1, int((value - low) / span * bins))] += 1
+    peak = max(counts)
+    rows = []
+    for index, count in enumerate(counts):
+        start = low + span * index / bins
+        bar = "█" * round(width * count / peak) if peak else ""
+        rows.append(f"{start:>10.4g}  {bar:<{width}} {count}")
+    return rows

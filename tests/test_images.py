@@ -38,9 +38,7 @@ def test_sixteen_bit_grayscale_keeps_its_precision(tmp_path):
 def test_every_mode_loads_as_rgb_in_unit_range(tmp_path, mode):
     base = Image.fromarray(_gradient())
     converted = (
-        base.convert(mode)
-        if mode != "I;16"
-        else Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257)
+        base.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257)
     )
     suffix = ".jpg" if mode == "CMYK" else ".png"
     converted.save(tmp_path / f"x{suffix}")

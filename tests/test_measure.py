@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import torch
+
+from iwdctl.cli import main
+from iwdctl.images import load_image, save_png
+from iwdctl.measure import MeasureSettings, measure_pairs, pair_images
+
+from .test_iwd import pot_iwd
+
+
+def _images(tmp_path, count=3, size=24):
+    generator = torch.Generator().manual_seed(0)
+    for index in range(count):
+        x = torch.rand(3, size, size, generator=generator)
+        save_png(x, tmp_path / "orig" / f"img{index}.png")
+        save_png((x + 0.03).clamp(0, 1), tmp_path / "bright" / f"img{index}_adv0.png")
+        save_png(torch.roll(x, 2, dims=2), tmp_path / "bright" / f"img{index}_adv1.png")
+        save_png(x.flip(2), tmp_path / "flip" / f"img{index}.png")
+    save_png(torch.rand(3, size, size, generator=generator), tmp_path / "flip" / "stray.png")
+
+
+def test_pairing_rule(tmp_path):
+    _images(tmp_path)
+    pairing = pair_images(tmp_path / "orig", [tmp_path / "bright", tmp_path / "flip"])
+    names = sorted((pair.method, pair.orig.name, pair.adv.name) for pair in pairing.pairs)
+    assert len(names) == 9
+    assert ("bright", "img0.png", "img0_adv1.png") in names and ("flip", "img2.png", "img2.png") in names
+    assert [path.endswith("stray.png") for path in pairing.unpaired] == [True]
+
+
+def test_measure_matches_pot_and_writes_outputs(tmp_path, capsys):
+    _images(tmp_path)
+    code = main(
+        [
+            "measure",
+            str(tmp_path / "orig"),
+            str(tmp_path / "bright"),
+            str(tmp_path / "flip"),
+            "--json",
+            str(tmp_path / "r.json"),
+            "--csv",
+            str(tmp_path / "r.csv"),
+            "--plot",
+            str(tmp_path / "h.png"),
+            "-q",
+        ]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert len(report["pairs"]) == 9 and set(report["summary"]) == {"bright", "flip"}
+    for pair in report["pairs"]:
+        x, y = load_image(pair["orig"]).double(), load_image(pair["adv"]).double()
+        assert abs(pair["iwd"] - pot_iwd(x, y)) <= 1e-9 * max(pot_iwd(x, y), 1e-12)
+        assert abs(pair["l2"] - (x - y).norm().item()) < 1e-9
+        assert pair["iwd_exact"] is True
+    with open(tmp_path / "r.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 9
+    assert (tmp_path / "h.png").stat().st_size > 1000
+    assert "stray.png" in capsys.readouterr().err
+
+
+def test_measure_bad_inputs(tmp_path, capsys):
+    _images(tmp_path)
+    save_png(torch.rand(3, 30, 24), tmp_path / "big" / "img0.png")
+    save_png(torch.rand(3, 4, 4), tmp_path / "tiny" / "a.png")
+    save_png(torch.rand(3, 4, 4), tmp_path / "tiny2" / "a.png")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        ["measure", str(tmp_path / "orig"), str(tmp_path / "flip"), "--strict"],
+        ["measure", str(tmp_path / "orig"), str(tmp_path / "big")],
+        ["measure", str(tmp_path / "tiny"), str(tmp_path / "tiny2")],
+        ["measure", str(tmp_path / "orig"), str(tmp_path / "empty")],
+        ["measure", str(tmp_path / "absent"), str(tmp_path / "flip")],
+        ["measure", str(tmp_path / "orig"), str(tmp_path / "tiny")],
+    ]
+    for args in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("iwdctl: error:") and "\n" not in err, (args, err)
+    # --resize maps the second image onto the first's size
+    assert (
+        main(["measure", str(tmp_path / "orig" / "img0.png"), str(tmp_path / "big" / "img0.png"), "--resize", "-q"])
+        == 0
+    )
+
+
+def test_measure_pairs_api_flags_approximation(tmp_path):
+    _images(tmp_path, count=1)
+    pairing = pair_images(tmp_path / "orig", [tmp_path / "flip"])
+    exact = measure_pairs(pairing.pairs, MeasureSettings(size=0))
+    approx = measure_pairs(pairing.pairs, MeasureSettings(size=0, approx=True))
+    assert exact[0].iwd_exact and not approx[0].iwd_exact
+    assert abs(approx[0].iwd - exact[0].iwd) < 0.05 * exact[0].iwd
