@@ -186,6 +186,102 @@ def measure_command(
         write_json_atomic(json_path, report(results, pairing, settings))
 
 
+@app.command("attack")
+def attack_command(
+    inputs: Annotated[
+        Optional[list[Path]], typer.Argument(help="Images or folders (default: the embedded photo).")
+    ] = None,
+    model: ModelOption = "efficientnet_lite0",
+    method: Annotated[str, typer.Option(help="iwda, iwda-fast, fgsm, pgd, pgd-l2, stadv, adef or eot.")] = "iwda-fast",
+    target: Annotated[Optional[str], typer.Option(help="Targeted: class name, index or wnid.")] = None,
+    targets_from: Annotated[
+        Optional[Path],
+        typer.Option(help="Targeted: per-image targets (and labels) from a CSV, e.g. nips17's TargetClass."),
+    ] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="CSV of file + label (true labels).")] = None,
+    one_based: Annotated[
+        Optional[bool],
+        typer.Option("--one-based/--zero-based", help="CSV classes count from 1 (default: 1 for NIPS17 columns)."),
+    ] = None,
+    tau: Annotated[
+        Optional[float], typer.Option(help="Weight of the classification loss (iwda, iwda-fast, stadv).")
+    ] = None,
+    num: Annotated[int, typer.Option(min=1, help="Adversarial samples per image (diverse noise draws).")] = 1,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("adv"),
+    preset: Annotated[Optional[str], typer.Option(help="iwda schedule: paper, cpu or quick.")] = None,
+    start_scale: Annotated[Optional[int], typer.Option(min=0, help="iwda: scale at which x is injected.")] = None,
+    eps: Annotated[Optional[float], typer.Option(help="Budget of l_p attacks (fgsm, pgd, pgd-l2, eot).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Iterations (iterative attacks).")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Attack the first N images.")] = None,
+    weights: WeightsOption = None,
+    device: DeviceOption = None,
+    seed: SeedOption = 0,
+    quiet: QuietOption = False,
+) -> None:
+    """Adversarial examples: saved as PNGs at the classifier's input size, verified by re-reading them.
+
+    Writes OUT/<stem>_adv<k>.png, OUT/report.json, OUT/report.csv and OUT/grid.png. A re-run skips
+    finished images. Under torchrun the inputs are sharded over processes and one report is merged.
+    """
+    from iwdctl.attacks import make_attack
+    from iwdctl.attacks.runner import AttackSettings, collect_records, run_attack, summarize, write_report
+    from iwdctl.data import discover
+    from iwdctl.images import default_image_path
+    from iwdctl.models import load_classifier
+    from iwdctl.runtime import barrier, distributed_context
+
+    rank, world_size = distributed_context()
+    seed_everything(seed)
+    classifier = load_classifier(model, device=device, weights=weights)
+    if target is not None and targets_from is not None:
+        raise IwdctlError("give either --target or --targets-from, not both")
+    target_index = classifier.classes.resolve(target) if target is not None else None
+    csv_path = targets_from or labels
+    samples = discover(
+        inputs or [default_image_path()], classifier.classes, str(csv_path) if csv_path else None, one_based
+    )
+    samples = samples[:limit] if limit else samples
+    options = {"tau": tau, "preset": preset, "start_scale": start_scale, "eps": eps}
+    options["max_iter" if method == "adef" else "iterations" if method == "iwda" else "steps"] = steps
+    attack = make_attack(method, classifier, **options)
+    settings = AttackSettings(method, num, seed, target_index, targets_from is not None)
+    with progress_bar(quiet or rank > 0) as progress:
+        attack.progress = progress
+        run_attack(classifier, attack, samples, settings, out, progress, rank, world_size)
+    barrier()
+    if rank > 0:
+        return
+    records = collect_records(samples, settings, out)
+    summary = summarize(records, model, method)
+    write_report(records, summary, out, classifier)
+    table = Table(title=f"{method} on {model}: {len(records)} images" + (" (targeted)" if summary["targeted"] else ""))
+    for column in ("ASR", "mean l2", "mean l-inf", "mean IWD", "s / image"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        _fraction(summary["asr"]),
+        f"{summary['mean_l2']:.3f}",
+        f"{summary['mean_linf']:.4f}",
+        f"{summary['mean_iwd']:.5f}",
+        f"{summary['seconds_per_image']:.1f}",
+    )
+    console.print(table)
+    if len(records) <= 20:
+        detail = Table()
+        for column in ("image", "label", "target", "after", "success", "IWD"):
+            detail.add_column(column)
+        for record in records:
+            detail.add_row(
+                Path(record["input"]).name,
+                record["label"],
+                record["target"] or "-",
+                ", ".join(record["pred_after_all"]),
+                "yes" if record["success"] else "no",
+                f"{record['iwd']:.5f}",
+            )
+        console.print(detail)
+    console.print(f"outputs in {out}/ (report.json, report.csv, grid.png)")
+
+
 def _not_built(name: str, issue: str) -> None:
     @app.command(
         name,
@@ -196,7 +292,6 @@ def _not_built(name: str, issue: str) -> None:
         raise IwdctlError(f"'iwdctl {name}' is not available in this version yet ({issue})")
 
 
-_not_built("attack", "IWDA and baseline attacks")
 _not_built("defend", "natural, PGD, free and IWDD training")
 
 

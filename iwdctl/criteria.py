@@ -1,0 +1,75 @@
+"""Attack criteria (foolbox style): what counts as adversarial, and the loss an attack ascends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+class Criterion(Protocol):
+    targeted: bool
+
+    def loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss to maximize, (N,)."""
+        ...
+
+    def is_adversarial(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-sample success, (N,) bool."""
+        ...
+
+    def margin(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-sample logit margin, > 0 exactly when adversarial."""
+        ...
+
+    def select(self, index: torch.Tensor | slice) -> Criterion: ...
+
+
+@dataclass(frozen=True)
+class Misclassification:
+    """Untargeted: any class but the true label. Loss: cross-entropy of the true label."""
+
+    labels: torch.Tensor
+    targeted = False
+
+    def loss(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, self.labels, reduction="none")
+
+    def is_adversarial(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(dim=1) != self.labels
+
+    def margin(self, logits: torch.Tensor) -> torch.Tensor:
+        true = logits.gather(1, self.labels[:, None])[:, 0]
+        other = logits.scatter(1, self.labels[:, None], float("-inf")).amax(dim=1)
+        return other - true
+
+    def select(self, index: torch.Tensor | slice) -> Misclassification:
+        return Misclassification(self.labels[index])
+
+
+@dataclass(frozen=True)
+class TargetedMisclassification:
+    """Targeted: the target class must win. Loss: minus the cross-entropy of the target."""
+
+    targets: torch.Tensor
+    targeted = True
+
+    def loss(self, logits: torch.Tensor) -> torch.Tensor:
+        return -F.cross_entropy(logits, self.targets, reduction="none")
+
+    def is_adversarial(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(dim=1) == self.targets
+
+    def margin(self, logits: torch.Tensor) -> torch.Tensor:
+        target = logits.gather(1, self.targets[:, None])[:, 0]
+        other = logits.scatter(1, self.targets[:, None], float("-inf")).amax(dim=1)
+        return target - other
+
+    def select(self, index: torch.Tensor | slice) -> TargetedMisclassification:
+        return TargetedMisclassification(self.targets[index])
+
+
+def make_criterion(labels: torch.Tensor, targets: torch.Tensor | None = None) -> Criterion:
+    return TargetedMisclassification(targets) if targets is not None else Misclassification(labels)
