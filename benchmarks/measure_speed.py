@@ -82,10 +82,14 @@ def main() -> None:
             f"Peak resident memory of the iwdctl process: {peak_mib:.0f} MiB.\n",
             "| pair | POT | iwdctl |\n| --- | --- | --- |",
         ]
-        lines += [f"| {Path(p['orig']).name} | {pot[Path(p['orig']).name]:.10f} | {p['iwd']:.10f} |" for p in report["pairs"]]
+        lines += [
+            f"| {Path(p['orig']).name} | {pot[Path(p['orig']).name]:.10f} | {p['iwd']:.10f} |" for p in report["pairs"]
+        ]
 
     lines.append("\n## Sinkhorn estimate (--approx) against the exact value\n")
-    lines.append("| size | stride | patches | exact | exact s | approx | approx s | relative error |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+    lines.append(
+        "| size | stride | patches | exact | exact s | approx | approx s | relative error |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
     photo = load_image(sorted((SHARED / "nips17" / "images").glob("*.png"))[0])
     generator = torch.Generator().manual_seed(1)
     for size, stride in ((64, 1), (128, 1), (224, 2)):

@@ -54,18 +54,43 @@ def eval_command(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Use the first N images.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write results as JSON.")] = None,
+    attack: Annotated[
+        Optional[str],
+        typer.Option(help="Robust accuracy under attacks, e.g. pgd10,fgsm,pgd20 (PGD-N: N steps of eps/4)."),
+    ] = None,
+    eps: Annotated[str, typer.Option(help="Budget of the evaluation attacks (l-inf), e.g. 8/255.")] = "8/255",
+    adv: Annotated[
+        Optional[Path], typer.Option(help="Transfer: success rate of a folder written by `iwdctl attack`.")
+    ] = None,
     weights: WeightsOption = None,
     device: DeviceOption = None,
     seed: SeedOption = 0,
     quiet: QuietOption = False,
 ) -> None:
-    """Clean top-1 / top-5 accuracy on labelled images; with no --data, the top-5 of the default image."""
+    """Clean top-1 / top-5 accuracy, robust accuracy under --attack, or transfer success of --adv.
+
+    With no --data and no --adv: the top-5 classes of the embedded default image.
+    """
     from iwdctl.evaluate import clean_accuracy, labelled_samples, predict
     from iwdctl.images import default_image_path
     from iwdctl.models import load_classifier
 
     seed_everything(seed)
     classifier = load_classifier(model, device=device, weights=weights)
+    if adv is not None:
+        from iwdctl.evaluate import transfer_success
+
+        transfer = transfer_success(classifier, adv, model)
+        table = Table(title=f"transfer of {adv} to {model}")
+        for column in ("outputs", "success on source model", f"success on {model}"):
+            table.add_column(column, justify="right")
+        table.add_row(str(transfer.n), _fraction(transfer.source_success_rate), _fraction(transfer.success_rate))
+        console.print(table)
+        if json_path:
+            from dataclasses import asdict
+
+            write_json_atomic(json_path, asdict(transfer))
+        return
     if not data:
         from iwdctl.data import Sample
 
@@ -92,12 +117,24 @@ def eval_command(
             )
         return
     samples = labelled_samples(classifier, data, str(labels) if labels else None, one_based, limit)
+    from iwdctl.evaluate import parse_fraction, robust_accuracy, robust_attack
+
+    attack_names = [name.strip() for name in attack.split(",") if name.strip()] if attack else []
+    budget = parse_fraction(eps)
+    for name in attack_names:
+        robust_attack(name, classifier, budget)  # reject unknown names before any work
     with progress_bar(quiet) as progress:
         result = clean_accuracy(classifier, samples, batch_size, progress, model, ", ".join(map(str, data)))
-    table = Table(title=f"{model}: {result.n} images")
-    for column in ("model", "images", "top-1", "top-5", "seconds"):
+        for name in attack_names:
+            result.robust[name] = robust_accuracy(classifier, samples, name, budget, seed, batch_size, progress)
+    table = Table(title=f"{model}: {result.n} images" + (f", eps {eps}" if attack_names else ""))
+    columns = ["model", "images", "top-1", "top-5", *attack_names, "seconds"]
+    for column in columns:
         table.add_column(column, justify="right" if column != "model" else "left")
-    table.add_row(model, str(result.n), _fraction(result.top1), _fraction(result.top5), f"{result.seconds:.1f}")
+    robust_cells = [_fraction(result.robust[name]) for name in attack_names]
+    table.add_row(
+        model, str(result.n), _fraction(result.top1), _fraction(result.top5), *robust_cells, f"{result.seconds:.1f}"
+    )
     console.print(table)
     if json_path:
         write_json_atomic(json_path, result.to_dict())
@@ -282,17 +319,86 @@ def attack_command(
     console.print(f"outputs in {out}/ (report.json, report.csv, grid.png)")
 
 
-def _not_built(name: str, issue: str) -> None:
-    @app.command(
-        name,
-        help=f"Not available yet: {issue}. Exits with code 2.",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+@app.command("defend")
+def defend_command(
+    data: Annotated[Path, typer.Option(help="Folder with train/ and val/ in ImageFolder layout.")],
+    method: Annotated[str, typer.Option(help="natural, pgd, free or iwdd.")] = "iwdd",
+    arch: Annotated[
+        str, typer.Option(help="Architecture (preact_resnet18_w16, preact_resnet18, small_cnn, resnet101, ...).")
+    ] = ("preact_resnet18_w16"),
+    out: Annotated[Path, typer.Option(help="Checkpoint (.safetensors); training state goes beside it.")] = Path(
+        "model.safetensors"
+    ),
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    lr: Annotated[float, typer.Option(help="SGD learning rate (x0.1 at 50% and 75%).")] = 0.1,
+    eps: Annotated[str, typer.Option(help="l-inf budget of pgd and free training.")] = "8/255",
+    pgd_steps: Annotated[int, typer.Option(min=1, help="PGD steps K (pgd training; step 2.5 eps / K).")] = 7,
+    replays: Annotated[int, typer.Option(min=1, help="Free training: replays m per minibatch.")] = 4,
+    beta: Annotated[float, typer.Option(help="IWDD: weight of the clean loss.")] = 0.1,
+    tau: Annotated[float, typer.Option(help="IWDD: weight of the generator's classification loss.")] = 0.1,
+    save_every: Annotated[int, typer.Option(min=0, help="Also save the training state every N steps.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run whose state lies beside --out.")] = False,
+    device: DeviceOption = None,
+    seed: SeedOption = 0,
+    quiet: QuietOption = False,
+) -> None:
+    """Train a classifier: natural, PGD (Madry), free (Shafahi) or IWDD adversarial training.
+
+    Writes OUT (safetensors with metadata), OUT's .state.pt (resumable) and .metrics.csv every epoch.
+    Under torchrun: DDP over the processes, rank 0 writes.
+    """
+    from iwdctl.defend import TrainConfig, defend
+    from iwdctl.evaluate import parse_fraction
+    from iwdctl.runtime import distributed_context, resolve_device
+
+    if out.suffix != ".safetensors":
+        raise IwdctlError(f"{out}: checkpoints are written as .safetensors")
+    rank, world_size = distributed_context()
+    seed_everything(seed)
+    config = TrainConfig(
+        str(data),
+        str(out),
+        method,
+        arch,
+        epochs,
+        batch_size,
+        lr,
+        0.9,
+        5e-4,
+        parse_fraction(eps),
+        pgd_steps,
+        replays,
+        beta,
+        tau,
+        seed,
+        save_every,
     )
-    def command(ctx: typer.Context) -> None:
-        raise IwdctlError(f"'iwdctl {name}' is not available in this version yet ({issue})")
+    table = Table(title=f"{method} training of {arch} on {data}")
+    for column in ("epoch", "loss", "train acc", "val acc", "seconds", "lr"):
+        table.add_column(column, justify="right")
 
+    def on_epoch(metrics: object) -> None:
+        if rank == 0 and not quiet:
+            console.print(
+                f"epoch {metrics.epoch}: loss {metrics.loss:.3f}, train {_fraction(metrics.train_accuracy)}, "  # type: ignore[attr-defined]
+                f"val {_fraction(metrics.val_accuracy)}, {metrics.seconds:.1f} s"  # type: ignore[attr-defined]
+            )
 
-_not_built("defend", "natural, PGD, free and IWDD training")
+    with progress_bar(quiet or rank > 0) as progress:
+        history = defend(config, resume, progress, on_epoch, rank, world_size, resolve_device(device))
+    if rank == 0:
+        for metrics in history:
+            table.add_row(
+                str(metrics.epoch),
+                f"{metrics.loss:.3f}",
+                _fraction(metrics.train_accuracy),
+                _fraction(metrics.val_accuracy),
+                f"{metrics.seconds:.1f}",
+                f"{metrics.lr:.4g}",
+            )
+        console.print(table)
+        console.print(f"checkpoint: {out}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ def _bad_inputs(tmp_path):
     (tmp_path / "flat").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "flat" / "a.png")
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
+    (tmp_path / "labels.csv").write_text("file,label\na.png,barn\n")
     (tmp_path / "ckpt.safetensors").write_bytes(b"garbage")
     return {
         "missing path": ["eval", "--data", str(tmp_path / "absent")],
@@ -54,7 +55,21 @@ def _bad_inputs(tmp_path):
         "unknown model": ["eval", "--model", "nope"],
         "corrupt checkpoint": ["eval", "--model", str(tmp_path / "ckpt.safetensors")],
         "torchvision without weights": ["eval", "--model", "resnet101"],
-        "not built yet": ["defend"],
+        "defend without train/": ["defend", "--data", str(tmp_path / "flat"), "--out", str(tmp_path / "m.safetensors")],
+        "defend unknown method": ["defend", "--data", str(tmp_path / "flat"), "--method", "magic"],
+        "attack unknown method": ["attack", str(tmp_path / "flat"), "--method", "magic"],
+        "attack unknown target": ["attack", str(tmp_path / "flat"), "--target", "barnn"],
+        "eval unknown attack": [
+            "eval",
+            "--model",
+            "efficientnet_lite0",
+            "--data",
+            str(tmp_path / "flat"),
+            "--labels",
+            str(tmp_path / "labels.csv"),
+            "--attack",
+            "pgdx",
+        ],
     }
 
 
@@ -68,7 +83,11 @@ def _bad_inputs(tmp_path):
         "unknown model",
         "corrupt checkpoint",
         "torchvision without weights",
-        "not built yet",
+        "defend without train/",
+        "defend unknown method",
+        "attack unknown method",
+        "attack unknown target",
+        "eval unknown attack",
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):

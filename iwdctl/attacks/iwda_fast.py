@@ -23,7 +23,7 @@ class IWDAFast(Attack):
     (`generate` with K > 1) from x translated by up to `shift` pixels plus small noise, which gives diverse
     examples of small IWD. Each image stops as soon as its 8-bit rounding is adversarial with a
     logit margin of at least `kappa`.
-    Defaults: tau = 0.1, kappa = 2.0, steps = 200, lr = 2/255, patch = 7, projections = 64, shift = 6.
+    Defaults: tau = 0.1, kappa = 1.0, steps = 300, lr = 0.25/255, patch = 7, projections = 64, shift = 6.
     """
 
     name = "iwda-fast"
@@ -33,9 +33,9 @@ class IWDAFast(Attack):
         self,
         model: ImageClassifier,
         tau: float = 0.1,
-        kappa: float = 2.0,
-        steps: int = 200,
-        lr: float = 2 / 255,
+        kappa: float = 1.0,
+        steps: int = 300,
+        lr: float = 0.25 / 255,
         patch: int = 7,
         projections: int = 64,
         shift: int = 6,

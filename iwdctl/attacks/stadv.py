@@ -40,9 +40,10 @@ class StAdv(Attack):
 
     Distance: flow smoothness (no l_p bound). A per-pixel flow field moves pixels, resampled
     bilinearly; minimizes L_adv + tau * L_flow, with L_adv = max(-margin, -kappa) (the C&W-style
-    margin of the criterion) and L_flow the smoothness loss of eq. 4. The paper uses L-BFGS; we use
-    Adam and keep the adversarial iterate with the smallest flow loss.
-    Defaults: tau = 0.05, kappa = 0.5 (a margin that survives 8-bit rounding), steps = 100, lr = 0.01.
+    margin of the criterion) and L_flow the smoothness loss of eq. 4, counted per 32x32 area for larger
+    images (tau was set for 32x32 inputs; summed over a 224x224 image it would swamp L_adv). The paper
+    uses L-BFGS; we use Adam and keep the adversarial iterate with the smallest flow loss.
+    Defaults: tau = 0.05, kappa = 0.5 (a margin that survives 8-bit rounding), steps = 100, lr = 0.01 (pixels).
     """
 
     name = "stadv"
@@ -58,13 +59,15 @@ class StAdv(Attack):
         # A tiny random flow breaks the symmetry of sqrt at zero (its gradient is 0/0 there).
         flow = (self.uniform(generators, (2, *images.shape[2:]), -1e-3, 1e-3)).requires_grad_(True)
         optimizer = torch.optim.Adam([flow], lr=self.lr)
+        # eq. 4 sums over pixels; tau = 0.05 was set for 32x32 images, so larger ones count per 32x32 area.
+        self.area_scale = min(1.0, 1024 / (images.shape[-2] * images.shape[-1]))
         best = images.clone()
         best_smoothness = torch.full((len(images),), float("inf"), device=self.device)
         for _ in range(self.steps):
             adversarial = warp(images, flow)
             logits = self.model(adversarial)
             margin = criterion.margin(logits)
-            smoothness = flow_loss(flow)
+            smoothness = flow_loss(flow) * self.area_scale
             with torch.no_grad():
                 better = (margin > self.kappa) & (smoothness < best_smoothness)
                 best[better] = adversarial[better].detach()

@@ -88,6 +88,12 @@ def _cifar(width: int) -> Callable[[int], nn.Module]:
     return build
 
 
+def _small_cnn(num_classes: int) -> nn.Module:
+    from iwdctl.models.cifar import SmallCNN
+
+    return SmallCNN(num_classes)
+
+
 def _torchvision(name: str, **kwargs: Any) -> Callable[[int], nn.Module]:
     def build(num_classes: int) -> nn.Module:
         import torchvision
@@ -101,6 +107,7 @@ def _torchvision(name: str, **kwargs: Any) -> Callable[[int], nn.Module]:
 ARCHITECTURES: dict[str, Architecture] = {
     "preact_resnet18": Architecture(_cifar(64), 32, "PreAct ResNet-18 for 32x32 inputs (11.2M parameters)"),
     "preact_resnet18_w16": Architecture(_cifar(16), 32, "PreAct ResNet-18 at a quarter width (0.7M parameters)"),
+    "small_cnn": Architecture(_small_cnn, 32, "four-layer CNN for 32x32 inputs (0.3M parameters)"),
     "resnet18": Architecture(_torchvision("resnet18"), 224, "torchvision ResNet-18"),
     "resnet50": Architecture(_torchvision("resnet50"), 224, "torchvision ResNet-50"),
     "resnet101": Architecture(_torchvision("resnet101"), 224, "torchvision ResNet-101"),

@@ -1,0 +1,94 @@
+"""ASR, l2, l-inf, IWD and seconds per image of every attack against efficientnet_lite0 on nips17.
+
+Untargeted and targeted (the CSV's TargetClass). Each method runs through `iwdctl attack` itself
+(one process per method and mode), so the numbers are what users get. The GAN variant (iwda) and
+the slow baselines run on fewer images on the CPU; the table says how many.
+
+    python benchmarks/attack_benchmark.py [--scale 1.0]   # writes benchmarks/results/attack_benchmark.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, header, write_results  # noqa: E402
+
+# method -> images per mode on 2 CPU cores (extra options)
+PLAN: list[tuple[str, int, list[str]]] = [
+    ("iwda-fast", 100, []),
+    ("fgsm", 100, []),
+    ("pgd", 100, []),
+    ("pgd-l2", 50, []),
+    ("adef", 50, []),
+    ("stadv", 20, []),
+    ("eot", 20, []),
+    ("iwda", 3, ["--preset", "quick"]),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every image count")
+    parser.add_argument("--methods", default=",".join(method for method, _, _ in PLAN))
+    arguments = parser.parse_args()
+    chosen = arguments.methods.split(",")
+    nips = SHARED / "nips17"
+    lines = [
+        header("Attacks against efficientnet_lite0 on nips17"),
+        "\nASR: share of images whose saved 8-bit PNG is misclassified (untargeted) or classified as the "
+        "CSV's TargetClass (targeted). Distances to the classifier's view of the original (224x224); IWD as "
+        "`iwdctl measure` defines it (7x7 patches, analysis size 64). Means over all attacked images.\n",
+        "| method | mode | images | ASR | mean l2 | mean l-inf | mean IWD | mean IWD (successes) | s / image |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    commands = []
+    with tempfile.TemporaryDirectory() as temporary:
+        for method, count, extra in PLAN:
+            if method not in chosen:
+                continue
+            count = max(1, round(count * arguments.scale))
+            for mode in ("untargeted", "targeted"):
+                out = Path(temporary) / f"{method}-{mode}"
+                command = [
+                    "iwdctl",
+                    "attack",
+                    str(nips),
+                    "--method",
+                    method,
+                    "--limit",
+                    str(count),
+                    "--out",
+                    str(out),
+                    "-q",
+                    *extra,
+                ]
+                if mode == "targeted":
+                    command += ["--targets-from", str(nips / "images.csv")]
+                commands.append(
+                    " ".join(command).replace(str(temporary), "$TMP").replace(str(SHARED), "../shared/data")
+                )
+                start = time.perf_counter()
+                subprocess.run(command, check=True, capture_output=True)
+                wall = time.perf_counter() - start
+                summary = json.loads((out / "report.json").read_text())["summary"]
+                success_iwd = summary["mean_iwd_success"]
+                lines.append(
+                    f"| {method} | {mode} | {summary['n']} | {100 * summary['asr']:.1f}% | {summary['mean_l2']:.3f} | "
+                    f"{summary['mean_linf']:.4f} | {summary['mean_iwd']:.5f} | "
+                    f"{'-' if success_iwd is None else f'{success_iwd:.5f}'} | {summary['seconds_per_image']:.2f} |"
+                )
+                print(lines[-1], f"(wall {wall:.0f} s)", flush=True)
+                write_results(
+                    "attack_benchmark.md", "\n".join(lines + ["\nCommands:\n"] + [f"    {c}" for c in commands]) + "\n"
+                )
+
+
+if __name__ == "__main__":
+    main()

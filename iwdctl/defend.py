@@ -1,0 +1,450 @@
+"""`iwdctl defend`: adversarial training (natural, PGD, free, IWDD) with resumable, atomic checkpoints.
+
+Checkpoints are safetensors with metadata (see iwdctl.models.save_classifier); the training state
+(optimizers, schedule, RNG, epoch and step, the free-training perturbation, IWDD's generator and
+critic) lies beside them as `<out>.state.pt`, written atomically and loaded with weights_only=True.
+Under torchrun the global batch is split over processes (DDP; gloo on CPU, nccl on CUDA); rank 0
+alone writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iwdctl.attacks.iwda import PatchCritic, gradient_penalty
+from iwdctl.attacks.pgd import PGD
+from iwdctl.criteria import Misclassification
+from iwdctl.errors import InputError
+from iwdctl.files import write_atomic, write_text_atomic
+from iwdctl.images import is_image_file, load_image, preprocess
+from iwdctl.models import ARCHITECTURES, ImageClassifier, save_classifier
+from iwdctl.runtime import ProgressCallback, no_progress
+
+METHODS = ("natural", "pgd", "free", "iwdd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters; the defaults are the paper's (SGD, momentum 0.9, weight decay 5e-4, lr 0.1)."""
+
+    data: str
+    out: str
+    method: str = "natural"
+    arch: str = "preact_resnet18_w16"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    eps: float = 8 / 255
+    pgd_steps: int = 7
+    replays: int = 4
+    beta: float = 0.1
+    tau: float = 0.1
+    seed: int = 0
+    save_every: int = 0
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"unknown training method {self.method!r}; known: {', '.join(METHODS)}")
+        if self.arch not in ARCHITECTURES:
+            raise InputError(f"unknown architecture {self.arch!r}; known: {', '.join(ARCHITECTURES)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise InputError("--epochs and --batch-size must be at least 1")
+
+    @property
+    def pgd_alpha(self) -> float:
+        return 2.5 * self.eps / self.pgd_steps  # Madry et al.'s step: 2.5 eps / K
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # (N, 3, S, S) in [0, 1]
+    labels: torch.Tensor
+    class_names: list[str]
+
+
+def load_split(root: Path, split: str, input_size: int, class_names: list[str] | None = None) -> ImageSet:
+    """An ImageFolder split (`train/` or `val/`) loaded into memory at the input size."""
+    folder = root / split
+    if not folder.is_dir():
+        raise InputError(f"{root}: needs {split}/ with one folder per class (ImageFolder layout)")
+    classes = sorted(child.name for child in folder.iterdir() if child.is_dir() and not child.name.startswith("."))
+    if not classes:
+        raise InputError(f"{folder}: no class folders")
+    if class_names is not None and classes != class_names:
+        raise InputError(f"{folder}: classes {classes} differ from train/'s {class_names}")
+    images, labels = [], []
+    for index, name in enumerate(classes):
+        files = sorted(path for path in (folder / name).rglob("*") if path.is_file() and is_image_file(path))
+        if not files:
+            raise InputError(f"{folder / name}: class folder without images")
+        for file in files:
+            images.append(preprocess(load_image(file), input_size, 1.0))
+            labels.append(index)
+    return ImageSet(torch.stack(images), torch.tensor(labels), classes)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip (the standard CIFAR augmentation)."""
+    count, _, height, width = images.shape
+    padded = F.pad(images, (padding,) * 4)
+    offsets = torch.randint(0, 2 * padding + 1, (count, 2), generator=generator)
+    flips = torch.rand(count, generator=generator) < 0.5
+    out = torch.empty_like(images)
+    for index in range(count):
+        dy, dx = offsets[index].tolist()
+        crop = padded[index, :, dy : dy + height, dx : dx + width]
+        out[index] = crop.flip(-1) if flips[index] else crop
+    return out
+
+
+class ConditionalGenerator(nn.Module):
+    """IWDD's amortised generator g(x, z): image-to-image, residual, with a noise channel.
+
+    x~ = clamp(x + 0.5 * tanh(net([x, z])), 0, 1); the patch critic, not an l_p ball, keeps x~ close.
+    """
+
+    def __init__(self, channels: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(4, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, 3, 3, padding=1),
+        )
+
+    def forward(self, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return (images + 0.5 * torch.tanh(self.net(torch.cat([images, noise], dim=1)))).clamp(0, 1)
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    loss: float
+    train_accuracy: float
+    val_accuracy: float
+    seconds: float
+    lr: float
+
+
+class Trainer:
+    """One training run; `fit` resumes from the state file when asked to."""
+
+    def __init__(
+        self, config: TrainConfig, rank: int = 0, world_size: int = 1, device: torch.device | None = None
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.rank, self.world_size = rank, world_size
+        self.device = device or torch.device("cpu")
+        architecture = ARCHITECTURES[config.arch]
+        root = Path(config.data)
+        if not root.is_dir():
+            raise InputError(f"{root}: no such data folder")
+        self.train_set = load_split(root, "train", architecture.input_size)
+        self.val_set = load_split(root, "val", architecture.input_size, self.train_set.class_names)
+        mean = self.train_set.images.mean(dim=(0, 2, 3)).tolist()
+        std = self.train_set.images.std(dim=(0, 2, 3)).tolist()
+        torch.manual_seed(config.seed)
+        self.model = ImageClassifier(
+            architecture.build(len(self.train_set.class_names)),
+            arch=config.arch,
+            class_names=self.train_set.class_names,
+            input_size=architecture.input_size,
+            crop_pct=1.0,
+            mean=mean,
+            std=std,
+        ).to(self.device)
+        self.network: nn.Module = self.model
+        if world_size > 1:
+            self.network = nn.parallel.DistributedDataParallel(self.model)
+        # Free training runs epochs / m passes, each minibatch replayed m times.
+        self.passes = max(1, math.ceil(config.epochs / config.replays)) if config.method == "free" else config.epochs
+        self.steps_per_epoch = math.ceil(len(self.train_set.labels) / config.batch_size)
+        replays = config.replays if config.method == "free" else 1
+        total_steps = self.passes * self.steps_per_epoch * replays
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        # Piecewise-constant schedule: lr x0.1 at 50% and 75% of the optimizer steps.
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, [int(0.5 * total_steps), int(0.75 * total_steps)], 0.1
+        )
+        self.epoch, self.step = 0, 0
+        self.free_delta: torch.Tensor | None = None
+        self.history: list[EpochMetrics] = []
+        if config.method == "iwdd":
+            torch.manual_seed(config.seed + 1)
+            self.generator = ConditionalGenerator().to(self.device)
+            self.critic = PatchCritic(32).to(self.device)
+            self.optimizer_g = torch.optim.Adam(self.generator.parameters(), lr=5e-4, betas=(0.5, 0.999))
+            self.optimizer_d = torch.optim.Adam(self.critic.parameters(), lr=5e-4, betas=(0.5, 0.999))
+
+    # ----- state -------------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.config.out).with_suffix(".state.pt")
+
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "config": asdict(self.config),
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": self.model.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": [asdict(metrics) for metrics in self.history],
+        }
+        if self.free_delta is not None:
+            state["free_delta"] = self.free_delta
+        if self.config.method == "iwdd":
+            state["generator"] = self.generator.state_dict()
+            state["critic"] = self.critic.state_dict()
+            state["optimizer_g"] = self.optimizer_g.state_dict()
+            state["optimizer_d"] = self.optimizer_d.state_dict()
+        return state
+
+    def save_state(self) -> None:
+        if self.rank == 0:
+            state = self.state()
+            write_atomic(self.state_path, lambda temporary: torch.save(state, temporary))
+
+    def load_state(self) -> bool:
+        if not self.state_path.exists():
+            return False
+        try:
+            state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        except Exception as error:
+            raise InputError(f"{self.state_path}: unreadable training state ({type(error).__name__})") from error
+        saved = state["config"]
+        mismatched = [
+            key
+            for key in ("method", "arch", "epochs", "batch_size", "seed")
+            if saved.get(key) != getattr(self.config, key)
+        ]
+        if mismatched:
+            raise InputError(f"{self.state_path}: was written by another run (differs in {', '.join(mismatched)})")
+        self.model.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history = [EpochMetrics(**metrics) for metrics in state["history"]]
+        self.free_delta = state.get("free_delta")
+        if self.config.method == "iwdd":
+            self.generator.load_state_dict(state["generator"])
+            self.critic.load_state_dict(state["critic"])
+            self.optimizer_g.load_state_dict(state["optimizer_g"])
+            self.optimizer_d.load_state_dict(state["optimizer_d"])
+        return True
+
+    # ----- training ----------------------------------------------------------------------------
+
+    def _batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+        """This rank's share of global minibatch `step` of `epoch`, augmented; deterministic per step."""
+        order = torch.randperm(
+            len(self.train_set.labels), generator=torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
+        )
+        indices = order[step * self.config.batch_size : (step + 1) * self.config.batch_size]
+        indices = indices[self.rank :: self.world_size]
+        generator = torch.Generator().manual_seed(hash((self.config.seed, epoch, step)) % 2**63)
+        images = augment(self.train_set.images[indices], generator)
+        return images.to(self.device), self.train_set.labels[indices].to(self.device), generator
+
+    def _sgd_step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def _train_step(
+        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> tuple[float, float]:
+        method = self.config.method
+        if method == "natural":
+            self.model.train()
+            logits = self.network(images)
+            loss = F.cross_entropy(logits, labels)
+            self._sgd_step(loss)
+            return loss.item(), (logits.argmax(1) == labels).float().mean().item()
+        if method == "pgd":
+            attack = PGD(self.model, self.config.eps, self.config.pgd_alpha, self.config.pgd_steps, random_start=True)
+            seeds = torch.randint(0, 2**31 - 1, (len(images),), generator=generator).tolist()
+            adversarial = attack(images, Misclassification(labels), seeds)
+            self.model.train()
+            logits = self.network(adversarial)
+            loss = F.cross_entropy(logits, labels)
+            self._sgd_step(loss)
+            return loss.item(), (logits.argmax(1) == labels).float().mean().item()
+        if method == "free":
+            return self._free_step(images, labels)
+        return self._iwdd_step(images, labels, generator)
+
+    def _free_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        """Shafahi et al.: replay the minibatch m times, one perturbation carried across replays and batches."""
+        eps = self.config.eps
+        if (
+            self.free_delta is None
+            or self.free_delta.shape[1:] != images.shape[1:]
+            or len(self.free_delta) < len(images)
+        ):
+            self.free_delta = torch.zeros(self.config.batch_size, *images.shape[1:], device=self.device)
+        delta = self.free_delta[: len(images)].clone()
+        self.model.train()
+        loss_value = accuracy = 0.0
+        for _ in range(self.config.replays):
+            delta.requires_grad_(True)
+            logits = self.network((images + delta).clamp(0, 1))
+            loss = F.cross_entropy(logits, labels)
+            self.optimizer.zero_grad()
+            loss.backward()
+            gradient = delta.grad.detach()
+            self.optimizer.step()
+            self.scheduler.step()
+            delta = (delta.detach() + eps * gradient.sign()).clamp(-eps, eps)
+            loss_value, accuracy = loss.item(), (logits.argmax(1) == labels).float().mean().item()
+        self.free_delta[: len(images)] = delta.detach()
+        return loss_value, accuracy
+
+    def _iwdd_step(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[float, float]:
+        """Algorithm 2: critic (WGAN-GP on patches), generator (-E f + tau L_c), classifier (beta CE + CE)."""
+        config = self.config
+        noise = torch.randn(len(images), 1, *images.shape[-2:], generator=generator).to(self.device)
+        self.generator.train()
+        # Critic: the real patch distribution is x's, the fake one x~'s.
+        fake = self.generator(images, noise).detach()
+        critic_loss = -self.critic(images).mean() + self.critic(fake).mean()
+        critic_loss = critic_loss + 0.1 * gradient_penalty(self.critic, images, fake, generator)
+        self.optimizer_d.zero_grad()
+        critic_loss.backward()
+        self.optimizer_d.step()
+        # Generator: raise the classifier's loss while the critic keeps the patch distribution close.
+        self.model.eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        fake = self.generator(images, noise)
+        generator_loss = -self.critic(fake).mean() - config.tau * F.cross_entropy(self.model(fake), labels)
+        self.optimizer_g.zero_grad()
+        generator_loss.backward()
+        self.optimizer_g.step()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(True)
+        # Classifier: beta * CE(h(x), y) + CE(h(x~), y).
+        self.model.train()
+        adversarial = self.generator(images, noise).detach()
+        logits = self.network(torch.cat([images, adversarial]))
+        clean_logits, adversarial_logits = logits[: len(images)], logits[len(images) :]
+        loss = config.beta * F.cross_entropy(clean_logits, labels) + F.cross_entropy(adversarial_logits, labels)
+        self._sgd_step(loss)
+        return loss.item(), (adversarial_logits.argmax(1) == labels).float().mean().item()
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        self.model.eval()
+        correct = 0
+        for start in range(0, len(self.val_set.labels), 256):
+            images = self.val_set.images[start : start + 256].to(self.device)
+            correct += (self.model(images).argmax(1).cpu() == self.val_set.labels[start : start + 256]).sum().item()
+        return correct / len(self.val_set.labels)
+
+    def fit(
+        self,
+        resume: bool = False,
+        progress: ProgressCallback = no_progress,
+        on_epoch: Callable[[EpochMetrics], None] | None = None,
+    ) -> list[EpochMetrics]:
+        if resume:
+            self.load_state()
+        elif self.state_path.exists() and self.rank == 0:
+            self.state_path.unlink()  # a fresh run must not be resumed into later
+        total = self.passes * self.steps_per_epoch
+        while self.epoch < self.passes:
+            start = time.perf_counter()
+            losses, accuracies = [], []
+            while self.step < self.steps_per_epoch:
+                images, labels, generator = self._batch(self.epoch, self.step)
+                loss, accuracy = self._train_step(images, labels, generator)
+                losses.append(loss)
+                accuracies.append(accuracy)
+                self.step += 1
+                progress(self.epoch * self.steps_per_epoch + self.step, total, f"{self.config.method} training")
+                if (
+                    self.config.save_every
+                    and self.step % self.config.save_every == 0
+                    and self.step < self.steps_per_epoch
+                ):
+                    self.save_state()
+            metrics = EpochMetrics(
+                self.epoch + 1,
+                sum(losses) / max(1, len(losses)),
+                sum(accuracies) / max(1, len(accuracies)),
+                self.validate(),
+                time.perf_counter() - start,
+                self.optimizer.param_groups[0]["lr"],
+            )
+            self.history.append(metrics)
+            self.epoch, self.step = self.epoch + 1, 0
+            self.save_checkpoint()
+            self.save_state()
+            if on_epoch:
+                on_epoch(metrics)
+        return self.history
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        config = asdict(self.config)
+        info = {
+            "dataset": Path(self.config.data).resolve().name,
+            "method": self.config.method,
+            "hyperparameters": {key: config[key] for key in config if key not in ("data", "out")},
+            "epoch": self.epoch,
+            "metrics": asdict(self.history[-1]) if self.history else {},
+            "seconds": sum(metrics.seconds for metrics in self.history),
+        }
+        extra = {}
+        if self.config.method == "iwdd":
+            extra = {f"generator.{key}": value for key, value in self.generator.state_dict().items()}
+            extra.update({f"critic.{key}": value for key, value in self.critic.state_dict().items()})
+        save_classifier(self.model, self.config.out, info, extra)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(EpochMetrics.__dataclass_fields__))
+        writer.writeheader()
+        for metrics in self.history:
+            writer.writerow(asdict(metrics))
+        write_text_atomic(Path(self.config.out).with_suffix(".metrics.csv"), buffer.getvalue())
+
+
+def defend(
+    config: TrainConfig,
+    resume: bool = False,
+    progress: ProgressCallback = no_progress,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | None = None,
+) -> list[EpochMetrics]:
+    """Train a classifier by `config.method` and write its checkpoint; returns per-epoch metrics."""
+    os.makedirs(Path(config.out).resolve().parent, exist_ok=True)
+    return Trainer(config, rank, world_size, device).fit(resume, progress, on_epoch)

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchattacks
+
+from iwdctl.attacks import ATTACKS, FGSM, PGD, make_attack
+from iwdctl.attacks.runner import AttackSettings, run_attack
+from iwdctl.criteria import Misclassification, TargetedMisclassification
+from iwdctl.data import Sample
+from iwdctl.images import load_image, save_png
+
+FAST_OPTIONS = {
+    "iwda": {"preset": "quick", "iterations": 15},
+    "eot": {"samples": 4, "eps": 16 / 255},
+    "stadv": {"steps": 60},
+}
+
+
+def _targets(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    return (labels + 1) % classes
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_fgsm_and_pgd_match_torchattacks(tiny_model, tiny_batch, targeted):
+    images, labels = tiny_batch
+    targets = _targets(labels, tiny_model.num_classes)
+    criterion = TargetedMisclassification(targets) if targeted else Misclassification(labels)
+    for ours, reference in (
+        (FGSM(tiny_model, eps=8 / 255), torchattacks.FGSM(tiny_model, eps=8 / 255)),
+        (
+            PGD(tiny_model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=False),
+            torchattacks.PGD(tiny_model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=False),
+        ),
+    ):
+        if targeted:
+            reference.set_mode_targeted_by_label(quiet=True)
+        expected = reference(images, targets if targeted else labels)
+        assert torch.allclose(ours(images, criterion), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_every_attack_fools_the_tiny_model_untargeted(tiny_model, tiny_batch, name):
+    images, labels = tiny_batch
+    count = 2 if name == "iwda" else len(images)
+    images, labels = images[:count], labels[:count]
+    original = images.clone()
+    attack = make_attack(name, tiny_model, **FAST_OPTIONS.get(name, {}))
+    adversarial = attack(images, Misclassification(labels), list(range(count)))
+    assert torch.equal(images, original), "inputs must never be modified"
+    assert adversarial.shape == images.shape and 0 <= adversarial.min() and adversarial.max() <= 1
+    with torch.no_grad():
+        fooled = (tiny_model(adversarial).argmax(1) != labels).float().mean().item()
+    assert fooled >= (0.5 if name == "iwda" else 0.75), fooled
+
+
+@pytest.mark.parametrize("name", ["iwda-fast", "pgd", "adef", "stadv"])
+def test_targeted_attacks_reach_the_target(tiny_model, tiny_batch, name):
+    images, labels = tiny_batch
+    targets = _targets(labels, tiny_model.num_classes)
+    options = {"eps": 16 / 255, "steps": 40} if name == "pgd" else FAST_OPTIONS.get(name, {})
+    attack = make_attack(name, tiny_model, **options)
+    adversarial = attack(images, TargetedMisclassification(targets), list(range(len(images))))
+    with torch.no_grad():
+        hit = (tiny_model(adversarial).argmax(1) == targets).float().mean().item()
+    assert hit >= 0.75, hit
+
+
+@pytest.mark.parametrize("name", ["pgd", "iwda-fast", "eot"])
+def test_batch_equals_one_by_one(tiny_model, tiny_batch, name):
+    images, labels = tiny_batch
+    images, labels = images[:4], labels[:4]
+    attack = make_attack(name, tiny_model, **FAST_OPTIONS.get(name, {}))
+    seeds = [11, 12, 13, 14]
+    batched = attack(images, Misclassification(labels), seeds)
+    single = torch.cat(
+        [attack(images[i : i + 1], Misclassification(labels[i : i + 1]), seeds[i : i + 1]) for i in range(4)]
+    )
+    assert torch.allclose(batched, single, atol=1e-5)
+    again = attack(images, Misclassification(labels), seeds)
+    assert torch.equal(batched, again), "same seed, same output"
+
+
+def test_diverse_samples_differ(tiny_model, tiny_batch):
+    images, labels = tiny_batch
+    attack = make_attack("iwda-fast", tiny_model)
+    samples = attack.generate(images[0], Misclassification(labels[:1]), [1, 2, 3])
+    assert samples.shape == (3, 3, 32, 32)
+    assert not torch.equal(samples[1], samples[2])
+
+
+def test_runner_writes_verified_pngs_report_and_resumes(tiny_model, tiny_batch, tmp_path):
+    images, labels = tiny_batch
+    samples = []
+    for index in range(3):
+        save_png(images[index], tmp_path / "in" / f"img{index}.png")
+        samples.append(Sample(tmp_path / "in" / f"img{index}.png", f"img{index}", int(labels[index])))
+    attack = make_attack("iwda-fast", tiny_model)
+    settings = AttackSettings("iwda-fast", num=2, seed=3)
+    records = run_attack(tiny_model, attack, samples, settings, tmp_path / "out")
+    assert [r["outputs"] for r in records][0] == ["img0_adv0.png", "img0_adv1.png"]
+    for record in records:
+        for output, ok in zip(record["outputs"], record["samples_success"]):
+            reread = load_image(tmp_path / "out" / output)
+            with torch.no_grad():
+                predicted = tiny_model(reread[None]).argmax(1).item()
+            assert (predicted != record["label_index"]) == ok
+        assert record["iwd"] >= 0 and record["l2"] > 0
+    calls = []
+    original_generate = attack.generate
+    attack.generate = lambda *args: calls.append(1) or original_generate(*args)
+    again = run_attack(tiny_model, attack, samples, settings, tmp_path / "out")
+    assert calls == [] and json.dumps(again) == json.dumps(records)
+    (tmp_path / "out" / "img1_adv1.png").unlink()  # a half-finished image is redone
+    run_attack(tiny_model, attack, samples, settings, tmp_path / "out")
+    assert len(calls) == 1 and (tmp_path / "out" / "img1_adv1.png").exists()
