@@ -25,11 +25,11 @@ PLAN: list[tuple[str, int, list[str]]] = [
     ("iwda-fast", 100, []),
     ("fgsm", 100, []),
     ("pgd", 100, []),
-    ("pgd-l2", 50, []),
-    ("adef", 50, []),
-    ("stadv", 20, []),
-    ("eot", 20, []),
-    ("iwda", 3, ["--preset", "quick"]),
+    ("pgd-l2", 30, []),
+    ("adef", 30, []),
+    ("stadv", 12, []),
+    ("eot", 12, []),
+    ("iwda", 2, ["--preset", "quick"]),
 ]
 
 

@@ -50,6 +50,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     eps: float = 8 / 255
     pgd_steps: int = 7
+    refine_steps: int = 5
     replays: int = 4
     beta: float = 0.1
     tau: float = 0.1
@@ -160,6 +161,9 @@ class Trainer:
         root = Path(config.data)
         if not root.is_dir():
             raise InputError(f"{root}: no such data folder")
+        for split in ("train", "val"):
+            if not (root / split).is_dir():
+                raise InputError(f"{root}: needs train/ and val/ with one folder per class (ImageFolder layout)")
         self.train_set = load_split(root, "train", architecture.input_size)
         self.val_set = load_split(root, "val", architecture.input_size, self.train_set.class_names)
         mean = self.train_set.images.mean(dim=(0, 2, 3)).tolist()
@@ -194,8 +198,8 @@ class Trainer:
         self.history: list[EpochMetrics] = []
         if config.method == "iwdd":
             torch.manual_seed(config.seed + 1)
-            self.generator = ConditionalGenerator().to(self.device)
-            self.critic = PatchCritic(32).to(self.device)
+            self.generator = ConditionalGenerator(16).to(self.device)
+            self.critic = PatchCritic(16).to(self.device)
             self.optimizer_g = torch.optim.Adam(self.generator.parameters(), lr=5e-4, betas=(0.5, 0.999))
             self.optimizer_d = torch.optim.Adam(self.critic.parameters(), lr=5e-4, betas=(0.5, 0.999))
 
@@ -328,7 +332,8 @@ class Trainer:
         return loss_value, accuracy
 
     def _iwdd_step(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[float, float]:
-        """Algorithm 2: critic (WGAN-GP on patches), generator (-E f + tau L_c), classifier (beta CE + CE)."""
+        """Algorithm 2: critic (WGAN-GP on patches), generator (-E f + tau L_c), classifier (beta CE + CE),
+        with the generator's samples refined by K PGD steps (see README: what we changed)."""
         config = self.config
         noise = torch.randn(len(images), 1, *images.shape[-2:], generator=generator).to(self.device)
         self.generator.train()
@@ -350,9 +355,15 @@ class Trainer:
         self.optimizer_g.step()
         for parameter in self.model.parameters():
             parameter.requires_grad_(True)
+        # Our change to reach PGD-level robustness: the generator's sample, projected onto the eps-ball,
+        # starts K PGD steps (instead of PGD's uniform random start); the classifier trains on the result.
+        start = images + (self.generator(images, noise).detach() - images).clamp(-config.eps, config.eps)
+        refine = PGD(
+            self.model, config.eps, 2.5 * config.eps / config.refine_steps, config.refine_steps, random_start=False
+        )
+        adversarial = refine.refine(images, start, Misclassification(labels))
         # Classifier: beta * CE(h(x), y) + CE(h(x~), y).
         self.model.train()
-        adversarial = self.generator(images, noise).detach()
         logits = self.network(torch.cat([images, adversarial]))
         clean_logits, adversarial_logits = logits[: len(images)], logits[len(images) :]
         loss = config.beta * F.cross_entropy(clean_logits, labels) + F.cross_entropy(adversarial_logits, labels)

@@ -104,14 +104,14 @@ def parse_fraction(text: str) -> float:
         raise InputError(f"not a number or fraction: {text!r}") from error
 
 
-def robust_attack(name: str, model: ImageClassifier, eps: float) -> Attack:
+def robust_attack(name: str, model: ImageClassifier, eps: float, random_start: bool = True) -> Attack:
     """Evaluation attacks by name: fgsm, pgdN (N steps of eps/4, random start), e.g. pgd10, pgd20."""
     from iwdctl.attacks import FGSM, PGD
 
     if name == "fgsm":
         return FGSM(model, eps)
     if name.startswith("pgd") and name[3:].isdigit() and int(name[3:]) > 0:
-        return PGD(model, eps, eps / 4, int(name[3:]), random_start=True)
+        return PGD(model, eps, eps / 4, int(name[3:]), random_start=random_start)
     raise InputError(f"unknown evaluation attack {name!r}; use fgsm or pgdN (pgd10, pgd20, ...)")
 
 
@@ -123,12 +123,13 @@ def robust_accuracy(
     seed: int = 0,
     batch_size: int = 64,
     progress: ProgressCallback = no_progress,
+    random_start: bool = True,
 ) -> float:
     """Accuracy on adversarial examples of every sample (each image seeded by its key)."""
     from iwdctl.attacks.runner import sample_seed
     from iwdctl.criteria import Misclassification
 
-    attack = robust_attack(attack_name, model, eps)
+    attack = robust_attack(attack_name, model, eps, random_start)
     dataset = ImageDataset(samples, model.input_size, model.crop_pct)
     correct = done = 0
     progress(0, len(dataset), attack_name)

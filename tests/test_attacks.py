@@ -50,7 +50,7 @@ def test_every_attack_fools_the_tiny_model_untargeted(tiny_model, tiny_batch, na
     attack = make_attack(name, tiny_model, **FAST_OPTIONS.get(name, {}))
     adversarial = attack(images, Misclassification(labels), list(range(count)))
     assert torch.equal(images, original), "inputs must never be modified"
-    assert adversarial.shape == images.shape and 0 <= adversarial.min() and adversarial.max() <= 1
+    assert adversarial.shape == images.shape and adversarial.min() >= 0 and adversarial.max() <= 1
     with torch.no_grad():
         fooled = (tiny_model(adversarial).argmax(1) != labels).float().mean().item()
     assert fooled >= (0.5 if name == "iwda" else 0.75), fooled

@@ -33,6 +33,19 @@ class PGD(Attack):
         adversarial = images.clone()
         if self.random_start:
             adversarial = (adversarial + self.uniform(generators, images.shape[1:], -self.eps, self.eps)).clamp(0, 1)
+        return self._iterate(images, adversarial, criterion)
+
+    def refine(self, images: torch.Tensor, start: torch.Tensor, criterion: Criterion) -> torch.Tensor:
+        """PGD steps from a given start inside the eps-ball (e.g. a generator's sample)."""
+        training = self.model.training
+        self.model.eval()
+        try:
+            with torch.enable_grad():
+                return self._iterate(images.detach(), start.detach().clamp(0, 1), criterion).detach()
+        finally:
+            self.model.train(training)
+
+    def _iterate(self, images: torch.Tensor, adversarial: torch.Tensor, criterion: Criterion) -> torch.Tensor:
         for _ in range(self.steps):
             _, gradient = self.loss_gradient(adversarial, criterion)
             adversarial = adversarial + self.alpha * gradient.sign()
