@@ -39,13 +39,15 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_batch(tiny_model):
-    """Eight tiny6 val images that the tiny model classifies correctly, with their labels."""
+    """Eight tiny6 val images that the tiny model classifies correctly, taken from the classes in turn."""
     from iwdctl.data import discover
     from iwdctl.images import load_image, preprocess
 
     samples = discover([shared_data("tiny6", "val")], tiny_model.classes)
+    by_class = [[sample for sample in samples if sample.label == label] for label in range(tiny_model.num_classes)]
+    interleaved = [sample for group in zip(*by_class) for sample in group]
     images, labels = [], []
-    for sample in samples[::7]:
+    for sample in interleaved:
         image = preprocess(load_image(sample.path), 32, 1.0)
         with torch.no_grad():
             if tiny_model(image[None]).argmax(1).item() == sample.label:

@@ -59,11 +59,12 @@ class Attack(ABC):
     ) -> torch.Tensor: ...
 
     def loss_gradient(self, images: torch.Tensor, criterion: Criterion) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample loss and the gradient of its sum with respect to the images."""
+        """Logits, and the gradient of the mean per-sample loss with respect to the images."""
         images = images.detach().requires_grad_(True)
         logits = self.model(images)
         loss = criterion.loss(logits)
-        (gradient,) = torch.autograd.grad(loss.sum(), images)
+        # The mean (not the sum), as torchattacks does, so both compute bitwise the same gradient.
+        (gradient,) = torch.autograd.grad(loss.mean(), images)
         return logits.detach(), gradient
 
     def uniform(self, generators: list[torch.Generator], shape: Sequence[int], low: float, high: float) -> torch.Tensor:
