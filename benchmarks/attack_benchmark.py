@@ -25,11 +25,11 @@ PLAN: list[tuple[str, int, list[str]]] = [
     ("iwda-fast", 100, []),
     ("fgsm", 100, []),
     ("pgd", 100, []),
-    ("pgd-l2", 30, []),
-    ("adef", 30, []),
-    ("stadv", 12, []),
-    ("eot", 12, []),
-    ("iwda", 2, ["--preset", "quick"]),
+    ("pgd-l2", 20, []),
+    ("adef", 20, []),
+    ("stadv", 8, []),
+    ("eot", 8, []),
+    ("iwda", 1, ["--preset", "quick"]),
 ]
 
 
