@@ -286,18 +286,15 @@ class Trainer:
         self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
     ) -> tuple[float, float]:
         method = self.config.method
-        if method == "natural":
+        if method in ("natural", "pgd"):
+            if method == "pgd":
+                attack = PGD(
+                    self.model, self.config.eps, self.config.pgd_alpha, self.config.pgd_steps, random_start=True
+                )
+                seeds = torch.randint(0, 2**31 - 1, (len(images),), generator=generator).tolist()
+                images = attack(images, Misclassification(labels), seeds)
             self.model.train()
             logits = self.network(images)
-            loss = F.cross_entropy(logits, labels)
-            self._sgd_step(loss)
-            return loss.item(), (logits.argmax(1) == labels).float().mean().item()
-        if method == "pgd":
-            attack = PGD(self.model, self.config.eps, self.config.pgd_alpha, self.config.pgd_steps, random_start=True)
-            seeds = torch.randint(0, 2**31 - 1, (len(images),), generator=generator).tolist()
-            adversarial = attack(images, Misclassification(labels), seeds)
-            self.model.train()
-            logits = self.network(adversarial)
             loss = F.cross_entropy(logits, labels)
             self._sgd_step(loss)
             return loss.item(), (logits.argmax(1) == labels).float().mean().item()
