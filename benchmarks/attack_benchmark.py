@@ -23,8 +23,8 @@ from common import SHARED, header, write_results  # noqa: E402
 # method -> images per mode on 2 CPU cores (extra options)
 PLAN: list[tuple[str, int, list[str]]] = [
     ("iwda-fast", 100, []),
-    ("fgsm", 100, []),
-    ("pgd", 100, []),
+    ("fgsm", 40, []),
+    ("pgd", 40, []),
     ("pgd-l2", 20, []),
     ("adef", 20, []),
     ("stadv", 8, []),
