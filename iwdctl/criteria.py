@@ -27,6 +27,13 @@ class Criterion(Protocol):
     def select(self, index: torch.Tensor | slice) -> Criterion: ...
 
 
+def _class_and_best_other(logits: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's logit of its given class, and its largest logit among the other classes."""
+    own = logits.gather(1, classes[:, None])[:, 0]
+    other = logits.scatter(1, classes[:, None], float("-inf")).amax(dim=1)
+    return own, other
+
+
 @dataclass(frozen=True)
 class Misclassification:
     """Untargeted: any class but the true label. Loss: cross-entropy of the true label."""
@@ -41,8 +48,7 @@ class Misclassification:
         return logits.argmax(dim=1) != self.labels
 
     def margin(self, logits: torch.Tensor) -> torch.Tensor:
-        true = logits.gather(1, self.labels[:, None])[:, 0]
-        other = logits.scatter(1, self.labels[:, None], float("-inf")).amax(dim=1)
+        true, other = _class_and_best_other(logits, self.labels)
         return other - true
 
     def select(self, index: torch.Tensor | slice) -> Misclassification:
@@ -63,8 +69,7 @@ class TargetedMisclassification:
         return logits.argmax(dim=1) == self.targets
 
     def margin(self, logits: torch.Tensor) -> torch.Tensor:
-        target = logits.gather(1, self.targets[:, None])[:, 0]
-        other = logits.scatter(1, self.targets[:, None], float("-inf")).amax(dim=1)
+        target, other = _class_and_best_other(logits, self.targets)
         return target - other
 
     def select(self, index: torch.Tensor | slice) -> TargetedMisclassification:

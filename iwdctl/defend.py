@@ -30,7 +30,7 @@ from iwdctl.errors import InputError
 from iwdctl.files import write_atomic, write_text_atomic
 from iwdctl.images import is_image_file, load_image, preprocess
 from iwdctl.models import ARCHITECTURES, ImageClassifier, save_classifier
-from iwdctl.runtime import ProgressCallback, no_progress
+from iwdctl.runtime import ProgressCallback, frozen, no_progress
 
 METHODS = ("natural", "pgd", "free", "iwdd")
 
@@ -343,15 +343,12 @@ class Trainer:
         self.optimizer_d.step()
         # Generator: raise the classifier's loss while the critic keeps the patch distribution close.
         self.model.eval()
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(False)
-        fake = self.generator(images, noise)
-        generator_loss = -self.critic(fake).mean() - config.tau * F.cross_entropy(self.model(fake), labels)
-        self.optimizer_g.zero_grad()
-        generator_loss.backward()
-        self.optimizer_g.step()
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(True)
+        with frozen(self.model):
+            fake = self.generator(images, noise)
+            generator_loss = -self.critic(fake).mean() - config.tau * F.cross_entropy(self.model(fake), labels)
+            self.optimizer_g.zero_grad()
+            generator_loss.backward()
+            self.optimizer_g.step()
         # Our change to reach PGD-level robustness: the generator's sample, projected onto the eps-ball,
         # starts K PGD steps (instead of PGD's uniform random start); the classifier trains on the result.
         start = images + (self.generator(images, noise).detach() - images).clamp(-config.eps, config.eps)

@@ -12,6 +12,7 @@ from iwdctl.criteria import Criterion
 from iwdctl.errors import InputError
 from iwdctl.images import quantize
 from iwdctl.models import ImageClassifier
+from iwdctl.runtime import frozen
 
 SCALE_FACTOR = 0.75
 COARSEST_SIDE = 25
@@ -185,18 +186,15 @@ class IWDA(Attack):
             self.model.train(training)
 
     def train(self, image: torch.Tensor, criterion: Criterion, generator: torch.Generator) -> TrainedPyramid:
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(False)
         sizes = pyramid_sizes(*image.shape[-2:])
         reals = [_resize(image, size).clamp(0, 1) for size in sizes]
         first = self._first_scale(len(sizes))
         pyramid = TrainedPyramid(self, reals, first)
         total = len(sizes) - first
-        for scale in range(first, len(sizes)):
-            pyramid.train_scale(scale, criterion, generator, self.iterations)
-            self.progress(scale - first + 1, total, "iwda scales")
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(True)
+        with frozen(self.model):
+            for scale in range(first, len(sizes)):
+                pyramid.train_scale(scale, criterion, generator, self.iterations)
+                self.progress(scale - first + 1, total, "iwda scales")
         return pyramid
 
 
