@@ -2,7 +2,7 @@
 
 Untargeted and targeted (the CSV's TargetClass). Each method runs through `iwdctl attack` itself
 (one process per method and mode), so the numbers are what users get. The GAN variant (iwda) and
-the slow baselines run on fewer images on the CPU; the table says how many.
+runs on fewer images on the CPU; the table says how many.
 
     python benchmarks/attack_benchmark.py [--scale 1.0]   # writes benchmarks/results/attack_benchmark.md
 """
@@ -23,13 +23,13 @@ from common import SHARED, header, write_results  # noqa: E402
 # method -> images per mode on 2 CPU cores (extra options)
 PLAN: list[tuple[str, int, list[str]]] = [
     ("iwda-fast", 100, []),
-    ("fgsm", 40, []),
-    ("pgd", 40, []),
-    ("pgd-l2", 20, []),
-    ("adef", 20, []),
-    ("stadv", 8, []),
-    ("eot", 8, []),
-    ("iwda", 1, ["--preset", "quick"]),
+    ("fgsm", 100, []),
+    ("pgd", 100, []),
+    ("pgd-l2", 100, []),
+    ("adef", 100, []),
+    ("eot", 100, []),
+    ("stadv", 100, []),
+    ("iwda", 3, ["--preset", "quick"]),
 ]
 
 
@@ -37,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every image count")
     parser.add_argument("--methods", default=",".join(method for method, _, _ in PLAN))
+    parser.add_argument("--keep", type=Path, help="keep the attacks' output folders here (default: discarded)")
     arguments = parser.parse_args()
     chosen = arguments.methods.split(",")
     nips = SHARED / "nips17"
@@ -49,7 +50,8 @@ def main() -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     commands = []
-    with tempfile.TemporaryDirectory() as temporary:
+    with tempfile.TemporaryDirectory() as scratch:
+        temporary = str(arguments.keep or scratch)
         for method, count, extra in PLAN:
             if method not in chosen:
                 continue

@@ -229,7 +229,9 @@ def attack_command(
         Optional[list[Path]], typer.Argument(help="Images or folders (default: the embedded photo).")
     ] = None,
     model: ModelOption = "efficientnet_lite0",
-    method: Annotated[str, typer.Option(help="iwda, iwda-fast, fgsm, pgd, pgd-l2, stadv, adef or eot.")] = "iwda-fast",
+    method: Annotated[
+        str, typer.Option(help="iwda, iwda-fast, iwda-amortised, fgsm, pgd, pgd-l2, stadv, adef or eot.")
+    ] = "iwda-fast",
     target: Annotated[Optional[str], typer.Option(help="Targeted: class name, index or wnid.")] = None,
     targets_from: Annotated[
         Optional[Path],
@@ -247,6 +249,10 @@ def attack_command(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("adv"),
     preset: Annotated[Optional[str], typer.Option(help="iwda schedule: paper, cpu or quick.")] = None,
     start_scale: Annotated[Optional[int], typer.Option(min=0, help="iwda: scale at which x is injected.")] = None,
+    generator: Annotated[
+        Optional[Path],
+        typer.Option(help="iwda: amortised attack, one forward pass of the generator in an IWDD checkpoint."),
+    ] = None,
     eps: Annotated[Optional[float], typer.Option(help="Budget of l_p attacks (fgsm, pgd, pgd-l2, eot).")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Iterations (iterative attacks).")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Attack the first N images.")] = None,
@@ -278,7 +284,11 @@ def attack_command(
         inputs or [default_image_path()], classifier.classes, str(csv_path) if csv_path else None, one_based
     )
     samples = samples[:limit] if limit else samples
-    options = {"tau": tau, "preset": preset, "start_scale": start_scale, "eps": eps}
+    if generator is not None:
+        if method not in ("iwda", "iwda-amortised"):
+            raise IwdctlError("--generator goes with --method iwda (the amortised IWDA of an IWDD checkpoint)")
+        method = "iwda-amortised"
+    options = {"tau": tau, "preset": preset, "start_scale": start_scale, "eps": eps, "generator": generator}
     options["max_iter" if method == "adef" else "iterations" if method == "iwda" else "steps"] = steps
     attack = make_attack(method, classifier, **options)
     settings = AttackSettings(method, num, seed, target_index, targets_from is not None)

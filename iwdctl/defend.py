@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iwdctl.attacks.iwda import PatchCritic, gradient_penalty
+from iwdctl.attacks.iwda import PatchCritic, critic_scores, gradient_penalty
+from iwdctl.attacks.iwda_amortised import GENERATOR_PREFIX, ConditionalGenerator
 from iwdctl.attacks.pgd import PGD
 from iwdctl.criteria import Misclassification
 from iwdctl.errors import InputError
@@ -54,6 +55,7 @@ class TrainConfig:
     replays: int = 4
     beta: float = 0.1
     tau: float = 0.1
+    alpha: float = 10.0
     seed: int = 0
     save_every: int = 0
 
@@ -110,31 +112,6 @@ def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) 
         crop = padded[index, :, dy : dy + height, dx : dx + width]
         out[index] = crop.flip(-1) if flips[index] else crop
     return out
-
-
-class ConditionalGenerator(nn.Module):
-    """IWDD's amortised generator g(x, z): image-to-image, residual, with a noise channel.
-
-    x~ = clamp(x + 0.5 * tanh(net([x, z])), 0, 1); the patch critic, not an l_p ball, keeps x~ close.
-    """
-
-    def __init__(self, channels: int = 32) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(4, channels, 3, padding=1),
-            nn.BatchNorm2d(channels),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(channels, channels, 3, padding=1),
-            nn.BatchNorm2d(channels),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(channels, channels, 3, padding=1),
-            nn.BatchNorm2d(channels),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(channels, 3, 3, padding=1),
-        )
-
-    def forward(self, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return (images + 0.5 * torch.tanh(self.net(torch.cat([images, noise], dim=1)))).clamp(0, 1)
 
 
 @dataclass
@@ -336,16 +313,23 @@ class Trainer:
         self.generator.train()
         # Critic: the real patch distribution is x's, the fake one x~'s.
         fake = self.generator(images, noise).detach()
-        critic_loss = -self.critic(images).mean() + self.critic(fake).mean()
+        real_scores, fake_scores = critic_scores(self.critic, images, fake)
+        critic_loss = -real_scores.mean() + fake_scores.mean()
         critic_loss = critic_loss + 0.1 * gradient_penalty(self.critic, images, fake, generator)
         self.optimizer_d.zero_grad()
         critic_loss.backward()
         self.optimizer_d.step()
-        # Generator: raise the classifier's loss while the critic keeps the patch distribution close.
+        # Generator (eq. 4): raise the classifier's loss while the critic keeps the patch distribution
+        # close, plus SinGAN's reconstruction term: without noise, g(x, 0) = x.
         self.model.eval()
         with frozen(self.model):
             fake = self.generator(images, noise)
-            generator_loss = -self.critic(fake).mean() - config.tau * F.cross_entropy(self.model(fake), labels)
+            reconstruction = self.generator(images, torch.zeros_like(noise))
+            generator_loss = (
+                -critic_scores(self.critic, images, fake)[1].mean()
+                + config.alpha * F.mse_loss(reconstruction, images)
+                - config.tau * F.cross_entropy(self.model(fake), labels)
+            )
             self.optimizer_g.zero_grad()
             generator_loss.backward()
             self.optimizer_g.step()
@@ -430,7 +414,7 @@ class Trainer:
         }
         extra = {}
         if self.config.method == "iwdd":
-            extra = {f"generator.{key}": value for key, value in self.generator.state_dict().items()}
+            extra = {f"{GENERATOR_PREFIX}{key}": value for key, value in self.generator.state_dict().items()}
             extra.update({f"critic.{key}": value for key, value in self.critic.state_dict().items()})
         save_classifier(self.model, self.config.out, info, extra)
         buffer = io.StringIO()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -125,19 +126,19 @@ def test_eval_cli_reports_robust_accuracy(mini_data, tmp_path, capsys):
     assert set(result["robust"]) == {"pgd10", "fgsm"} and 0 <= result["robust"]["pgd10"] <= result["top1"]
 
 
+def _iwdctl(*arguments: str, processes: int = 1) -> subprocess.CompletedProcess[str]:
+    """`python -m iwdctl ARGUMENTS`, or `torchrun --nproc-per-node N -m iwdctl ...`; one thread per process."""
+    launcher = ["-m", "torch.distributed.run", "--nproc-per-node", str(processes)] if processes > 1 else []
+    command = [sys.executable, *launcher, "-m", "iwdctl", *arguments]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+
+
 def test_two_process_ddp_matches_one_process(mini_data, tmp_path):
     single = tmp_path / "single.safetensors"
     defend(_config(mini_data, single, epochs=1))
     double = tmp_path / "ddp.safetensors"
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "iwdctl",
+    result = _iwdctl(
         "defend",
         "--data",
         str(mini_data),
@@ -154,8 +155,8 @@ def test_two_process_ddp_matches_one_process(mini_data, tmp_path):
         "--out",
         str(double),
         "-q",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+        processes=2,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     one, two = load_classifier(single), load_classifier(double)
     # Same global batches and averaged gradients; only BatchNorm's batch statistics are per process.
@@ -180,3 +181,56 @@ def test_bad_training_inputs(mini_data, tmp_path):
     defend(_config(mini_data, tmp_path / "x.safetensors", epochs=1))
     with pytest.raises(InputError, match="another run"):
         defend(_config(mini_data, tmp_path / "x.safetensors", arch="preact_resnet18_w16", epochs=1), resume=True)
+
+
+def test_amortised_iwda_takes_the_generator_of_an_iwdd_checkpoint(mini_data, tmp_path, capsys):
+    from iwdctl.attacks.iwda_amortised import AmortisedIWDA, load_generator
+    from iwdctl.criteria import Misclassification
+    from iwdctl.data import discover
+    from iwdctl.images import load_image, quantize
+
+    checkpoint = tmp_path / "iwdd.safetensors"
+    defend(_config(mini_data, checkpoint, "iwdd", epochs=1))
+    model = load_classifier(checkpoint, device="cpu")
+    samples = discover([mini_data / "val"], model.classes)[:6]
+    images = torch.stack([load_image(sample.path) for sample in samples])
+    labels = torch.tensor([sample.label for sample in samples])
+    attack = AmortisedIWDA(model, checkpoint, draws_per_sample=4)
+    adversarial = attack(images, Misclassification(labels), list(range(6)))
+    generator = load_generator(checkpoint)
+    for index in range(6):
+        noise = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(index))
+        with torch.no_grad():
+            candidates = quantize(generator(images[index].expand(4, -1, -1, -1), noise))
+            fooled = model(candidates).argmax(1) != labels[index]
+        # One forward pass: the sample is one of its noise draws, an adversarial one whenever there is one.
+        matches = [torch.equal(adversarial[index], candidate) for candidate in candidates]
+        assert any(matches)
+        assert fooled[matches.index(True)] or not fooled.any()
+    out = tmp_path / "adv"
+    arguments = ["attack", str(mini_data / "val" / "barn"), "--model", str(checkpoint), "--method", "iwda"]
+    assert main([*arguments, "--generator", str(checkpoint), "--num", "2", "--out", str(out), "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["method"] == "iwda-amortised" and len(report["images"]) == 8
+    assert all((out / name).exists() for record in report["images"] for name in record["outputs"])
+    natural = tmp_path / "natural.safetensors"
+    defend(_config(mini_data, natural, epochs=1))
+    capsys.readouterr()
+    assert main([*arguments, "--generator", str(natural), "--out", str(tmp_path / "no"), "-q"]) == 2
+    assert "holds no IWDD generator" in capsys.readouterr().err
+
+
+def test_sharded_attack_merges_the_report_of_one_process(mini_data, tmp_path):
+    checkpoint = tmp_path / "natural.safetensors"
+    defend(_config(mini_data, checkpoint, epochs=1))
+    arguments = ["attack", str(mini_data / "val"), "--model", str(checkpoint), "--method", "pgd", "--steps", "3"]
+    for name, processes in (("one", 1), ("two", 2)):
+        result = _iwdctl(*arguments, "--out", str(tmp_path / name), "-q", processes=processes)
+        assert result.returncode == 0, result.stderr[-2000:]
+    one, two = (json.loads((tmp_path / name / "report.json").read_text())["images"] for name in ("one", "two"))
+    assert [record["input"] for record in two] == [record["input"] for record in one] and len(one) == 24
+    for first, second in zip(one, two):
+        # Each image draws from its own seeded generator, so the shard it lands in does not matter.
+        assert first["outputs"] == second["outputs"] and first["success"] == second["success"]
+        for name in first["outputs"]:
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()

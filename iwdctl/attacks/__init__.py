@@ -9,6 +9,7 @@ from iwdctl.attacks.base import Attack
 from iwdctl.attacks.eot import EOT
 from iwdctl.attacks.fgsm import FGSM
 from iwdctl.attacks.iwda import IWDA, PRESETS
+from iwdctl.attacks.iwda_amortised import AmortisedIWDA
 from iwdctl.attacks.iwda_fast import IWDAFast
 from iwdctl.attacks.pgd import PGD, PGDL2
 from iwdctl.attacks.stadv import StAdv
@@ -16,7 +17,7 @@ from iwdctl.errors import InputError
 from iwdctl.models import ImageClassifier
 
 ATTACKS: dict[str, type[Attack]] = {
-    attack.name: attack for attack in (IWDA, IWDAFast, FGSM, PGD, PGDL2, StAdv, ADef, EOT)
+    attack.name: attack for attack in (IWDA, IWDAFast, AmortisedIWDA, FGSM, PGD, PGDL2, StAdv, ADef, EOT)
 }
 
 
@@ -34,6 +35,7 @@ __all__ = [
     "ATTACKS",
     "PRESETS",
     "ADef",
+    "AmortisedIWDA",
     "Attack",
     "EOT",
     "FGSM",

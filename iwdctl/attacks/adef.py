@@ -55,10 +55,6 @@ class ADef(Attack):
         count = len(images)
         field = torch.zeros(count, 2, *images.shape[2:], device=self.device)
         done = torch.zeros(count, dtype=torch.bool, device=self.device)
-        with torch.no_grad():
-            clean_logits = self.model(images)
-        # Labels the attack moves away from: the criterion's own for targeted, the true class otherwise.
-        source = clean_logits.argmax(1) if criterion.targeted else criterion.labels  # type: ignore[attr-defined]
         for _ in range(self.max_iter):
             current = warp(images, field).detach().requires_grad_(True)
             logits = self.model(current)
@@ -66,8 +62,12 @@ class ADef(Attack):
             if done.all():
                 break
             if criterion.targeted:
+                # Close the gap between the target and whichever other class leads now (it changes as
+                # the image deforms; a gap to the clean prediction alone can leave a third class on top).
                 candidate_labels = criterion.targets[:, None]  # type: ignore[attr-defined]
+                source = logits.detach().scatter(1, candidate_labels, float("-inf")).argmax(1)
             else:
+                source = criterion.labels  # type: ignore[attr-defined]
                 ranked = logits.detach().scatter(1, source[:, None], float("-inf")).topk(self.candidates, dim=1).indices
                 candidate_labels = ranked
             dy_image, dx_image = torch.gradient(current.detach(), dim=(2, 3))

@@ -101,6 +101,17 @@ def gradient_penalty(
     return ((gradient.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
+def critic_scores(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The critic's patch scores of real and fake images from one pass over both.
+
+    One pass makes BatchNorm normalize both with the same statistics. Scored apart, each batch would
+    lose its own channel means (a constant shift of the input passes the unpadded convolutions as a
+    constant per channel), and the critic would be blind to a global colour shift of the fakes.
+    """
+    scores = critic(torch.cat([real, fake]))
+    return scores[: len(real)], scores[len(real) :]
+
+
 def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(images.shape[-2:]) == size:
         return images
@@ -268,7 +279,8 @@ class TrainedPyramid:
             noise = amplitude * self._noise(scale, 1, generator)
             for _ in range(3):
                 fake = scale_generator(noise, previous).detach()
-                critic_loss = -critic(real).mean() + critic(fake).mean()
+                real_scores, fake_scores = critic_scores(critic, real, fake)
+                critic_loss = -real_scores.mean() + fake_scores.mean()
                 critic_loss = critic_loss + attack.gp_weight * gradient_penalty(critic, real, fake, generator)
                 optimizer_d.zero_grad()
                 critic_loss.backward()
@@ -276,7 +288,7 @@ class TrainedPyramid:
             for _ in range(3):
                 fake = scale_generator(noise, previous)
                 reconstruction = scale_generator(amplitude * reconstruction_noise, reconstruction_previous)
-                loss = -critic(fake).mean() + attack.alpha * F.mse_loss(reconstruction, real)
+                loss = -critic_scores(critic, real, fake)[1].mean() + attack.alpha * F.mse_loss(reconstruction, real)
                 loss = loss + attack.tau * attack.classification_loss(fake.clamp(0, 1), criterion)
                 optimizer_g.zero_grad()
                 loss.backward()
