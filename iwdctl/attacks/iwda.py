@@ -129,12 +129,15 @@ class IWDA(Attack):
     coarser output (tanh head). Critic: WGAN-GP, gradient penalty lambda = 0.1 on interpolates.
     Generator: -E f(g) + alpha * reconstruction (SinGAN's, which calibrates each scale's noise
     amplitude to 0.1 x the RMSE of the upsampled reconstruction) + tau * L_c, where L_c = -CE(h(x~), y)
-    untargeted and CE(h(x~), y_t) targeted on each scale's sample resized to the classifier's input.
+    untargeted and CE(h(x~), y_t) targeted on each scale's sample resized to the classifier's input,
+    counted until the sample is adversarial by a logit margin kappa (beyond the paper: the unbounded
+    cross-entropy otherwise drives samples far past the boundary, away from x).
     Adam lr 5e-4, betas (0.5, 0.999), 3 critic and 3 generator steps per iteration, lr x0.1 at 80%.
     `start_scale` S injects x (downsampled) at scale S: higher S stays closer to x, S = 0 lets the
     coarsest generator re-arrange the image freely. K samples come from K noise draws of one trained
     pyramid; up to `draws_per_sample` draws are tried per sample to find adversarial ones.
-    Defaults: tau = 0.1, alpha = 10, lambda = 0.1, preset "cpu" (see PRESETS), start_scale from the preset.
+    Defaults: tau = 0.1, alpha = 10, lambda = 0.1, kappa = 1.0, preset "cpu" (see PRESETS), start_scale
+    from the preset.
     """
 
     name = "iwda"
@@ -151,6 +154,7 @@ class IWDA(Attack):
         gp_weight: float = 0.1,
         lr: float = 5e-4,
         draws_per_sample: int = 8,
+        kappa: float = 1.0,
     ) -> None:
         super().__init__(model)
         if preset not in PRESETS:
@@ -160,6 +164,7 @@ class IWDA(Attack):
         self.start_scale = start_scale
         self.iterations = iterations or self.preset.iterations
         self.draws_per_sample = draws_per_sample
+        self.kappa = kappa
 
     def _first_scale(self, count: int) -> int:
         if self.start_scale is not None:
@@ -169,8 +174,12 @@ class IWDA(Attack):
         return 0 if self.preset.scales is None else max(0, count - self.preset.scales)
 
     def classification_loss(self, images: torch.Tensor, criterion: Criterion) -> torch.Tensor:
+        """The paper's L_c (criterion.loss is ascended, L_c descended), counted only for samples not
+        yet adversarial by a logit margin of `kappa`: unbounded, the cross-entropy outweighs the
+        critic and the reconstruction and drives samples far past the decision boundary."""
         logits = self.model(_resize(images, (self.model.input_size, self.model.input_size)))
-        return -criterion.loss(logits).mean()  # criterion.loss is ascended; L_c is descended
+        pending = (criterion.margin(logits) < self.kappa).detach()
+        return -(criterion.loss(logits) * pending).mean()
 
     def forward(self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]) -> torch.Tensor:
         results = []
