@@ -144,3 +144,24 @@ def test_critic_scores_see_a_global_colour_shift():
     # ... scored in one pass, as the GAN losses do, it is not.
     real_scores, fake_scores = critic_scores(critic, real, shifted)
     assert (real_scores.mean() - fake_scores.mean()).abs() > 1e-3
+
+
+def test_iwda_fast_fools_every_loader_view(tiny_model, tiny_batch):
+    from iwdctl.models import ImageClassifier, LoaderView
+
+    images, labels = tiny_batch
+    viewed = ImageClassifier(
+        tiny_model.network,
+        arch=tiny_model.arch,
+        class_names=tiny_model.class_names,
+        input_size=32,
+        mean=tiny_model.mean,
+        std=tiny_model.std,
+        loader_views=(LoaderView((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), resize=36),),
+    ).eval()
+    attack = make_attack("iwda-fast", viewed, steps=100, lr=1 / 255)
+    adversarial = attack(images, Misclassification(labels), list(range(len(images))))
+    with torch.no_grad():
+        fooled = [(logits.argmax(1) != labels) for logits in viewed.view_logits(adversarial)]
+    both = (fooled[0] & fooled[1]).float().mean().item()
+    assert both >= 0.75, both

