@@ -25,8 +25,7 @@ class IWDAFast(Attack):
     logit margin of at least `kappa` under the model's own preprocessing and, with `loader_views`,
     under every other common way of loading the saved PNG into the same network (for
     efficientnet_lite0: ImageNet mean/std, with and without timm's resize 256 + crop 224; see
-    iwdctl.models.LoaderView),
-    so the file also fools readers that preprocess it differently.
+    iwdctl.models.LoaderView), so the file also fools readers that preprocess it differently.
     Defaults: tau = 0.1, kappa = 1.0, steps = 300, lr = 0.25/255, patch = 7, projections = 64, shift = 6,
     loader_views = True.
     """
