@@ -45,15 +45,12 @@ def load_generator(path: str | os.PathLike[str]) -> ConditionalGenerator:
     }
     if not generator_state:
         raise InputError(f"{path}: holds no IWDD generator (train one with `iwdctl defend --method iwdd`)")
-    first_layer = generator_state.get("net.0.weight")
-    generator = ConditionalGenerator(first_layer.shape[0] if first_layer is not None else 16)
     try:
+        generator = ConditionalGenerator(generator_state["net.0.weight"].shape[0])  # its channel count
         generator.load_state_dict(generator_state)
-    except RuntimeError as error:
+    except (KeyError, RuntimeError) as error:
         raise InputError(f"{path}: its generator does not fit ConditionalGenerator ({error})") from error
-    for parameter in generator.parameters():
-        parameter.requires_grad_(False)
-    return generator.eval()
+    return generator.requires_grad_(False).eval()
 
 
 class AmortisedIWDA(Attack):
