@@ -76,5 +76,13 @@ class TargetedMisclassification:
         return TargetedMisclassification(self.targets[index])
 
 
+def bounded_classification_loss(criterion: Criterion, logits: torch.Tensor, kappa: float) -> torch.Tensor:
+    """The IWD papers' L_c, to descend (criterion.loss is ascended), counted only for samples not yet
+    adversarial by a logit margin of `kappa`: unbounded, the cross-entropy outweighs the patch critic
+    and drives samples far past the decision boundary, away from x. Mean over the batch."""
+    pending = (criterion.margin(logits) < kappa).detach()
+    return -(criterion.loss(logits) * pending).mean()
+
+
 def make_criterion(labels: torch.Tensor, targets: torch.Tensor | None = None) -> Criterion:
     return TargetedMisclassification(targets) if targets is not None else Misclassification(labels)

@@ -87,3 +87,18 @@ def frozen(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def batchnorm_statistics_kept(module: torch.nn.Module) -> Iterator[None]:
+    """Inside the block, BatchNorm layers in training mode still normalize by the batch's statistics
+    but leave their running statistics as they are (momentum 0); momenta are restored after."""
+    layers = [layer for layer in module.modules() if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    try:
+        yield
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum

@@ -234,3 +234,34 @@ def test_sharded_attack_merges_the_report_of_one_process(mini_data, tmp_path):
         assert first["outputs"] == second["outputs"] and first["success"] == second["success"]
         for name in first["outputs"]:
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+GAN_WORKER = """
+import sys
+import torch
+import torch.distributed as dist
+from iwdctl.defend import TrainConfig, Trainer
+from iwdctl.runtime import distributed_context
+
+rank, world_size = distributed_context()
+config = TrainConfig(data=sys.argv[1], out=sys.argv[2], method="iwdd", arch="small_cnn", epochs=1, batch_size=16)
+trainer = Trainer(config, rank, world_size)
+trainer.fit()
+for name, parameter in [*trainer.generator.named_parameters(), *trainer.critic.named_parameters()]:
+    copies = [torch.empty_like(parameter) for _ in range(world_size)]
+    dist.all_gather(copies, parameter.detach())
+    if not all(torch.equal(copy, copies[0]) for copy in copies):
+        sys.exit(f"{name} differs between processes")
+"""
+
+
+def test_two_process_iwdd_trains_one_generator_and_critic(mini_data, tmp_path):
+    """Under torchrun, IWDD's generator and critic (not DDP-wrapped) average their gradients over
+    processes, so every process holds the same GAN after training on its share of each batch."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(GAN_WORKER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(worker)]
+    command += [str(mini_data), str(tmp_path / "iwdd.safetensors")]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

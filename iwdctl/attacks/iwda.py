@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iwdctl.attacks.base import Attack
-from iwdctl.criteria import Criterion
+from iwdctl.criteria import Criterion, bounded_classification_loss
 from iwdctl.errors import InputError
 from iwdctl.images import quantize
 from iwdctl.models import ImageClassifier
@@ -174,12 +174,9 @@ class IWDA(Attack):
         return 0 if self.preset.scales is None else max(0, count - self.preset.scales)
 
     def classification_loss(self, images: torch.Tensor, criterion: Criterion) -> torch.Tensor:
-        """The paper's L_c (criterion.loss is ascended, L_c descended), counted only for samples not
-        yet adversarial by a logit margin of `kappa`: unbounded, the cross-entropy outweighs the
-        critic and the reconstruction and drives samples far past the decision boundary."""
+        """L_c of the sample resized to the classifier's input, bounded by the margin `kappa`."""
         logits = self.model(_resize(images, (self.model.input_size, self.model.input_size)))
-        pending = (criterion.margin(logits) < self.kappa).detach()
-        return -(criterion.loss(logits) * pending).mean()
+        return bounded_classification_loss(criterion, logits, self.kappa)
 
     def forward(self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]) -> torch.Tensor:
         results = []
