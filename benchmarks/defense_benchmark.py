@@ -4,7 +4,8 @@ one schedule, then clean and PGD-10 accuracy on tiny6/val, and seconds per epoch
 Trains through `iwdctl defend` itself and writes the checkpoints to weights/ (the shipped weights),
 their description to weights/README.md and the table to benchmarks/results/defense_benchmark.md.
 Methods left out of --methods are not retrained: their shipped checkpoint is evaluated again and
-described from its metadata, so the table always has all four rows.
+described from its metadata, so the table always has all four rows. The hand-written notes in
+benchmarks/defense_notes.md (what was changed and tried, and why) follow the table in both files.
 
     python benchmarks/defense_benchmark.py [--epochs 12] [--batch-size 32] [--lr 0.05] [--beta 0.1] [--methods ...]
 """
@@ -90,6 +91,9 @@ def main() -> None:
         "\nClean and PGD-10 accuracy on tiny6/val (300 images, 6 classes). Free training runs epochs/m passes "
         "of m = 4 replays. Training seconds are the sum of the epochs' own timings (metadata `seconds`).\n\n"
     )
+    notes = Path(__file__).with_name("defense_notes.md")
+    if notes.exists():
+        table.append("\n" + notes.read_text().strip())
     text += "\n".join(table) + "\n\nCommands:\n\n" + "\n".join(f"    {command}" for command in commands) + "\n"
     write_results("defense_benchmark.md", text)
     readme = "# Shipped weights\n\n" + text.split("\n", 1)[1].split("Commands:")[0]
