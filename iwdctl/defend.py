@@ -354,8 +354,8 @@ class Trainer:
             generator_loss.backward()
             self._average_gradients(self.generator)
             self.optimizer_g.step()
-        # Our change to reach PGD-level robustness: the generator's sample, projected onto the eps-ball,
-        # starts K PGD steps (instead of PGD's uniform random start); the classifier trains on the result.
+        # Our change (plain generator samples gave far less than PGD-level robustness): the generator's
+        # sample, projected onto the eps-ball, starts K PGD steps in place of PGD's uniform random start.
         with torch.no_grad():
             fake = self.generator(images, noise)
         start = images + (fake - images).clamp(-config.eps, config.eps)
@@ -366,8 +366,7 @@ class Trainer:
         # Classifier: beta * CE(h(x), y) + CE(h(x~), y). Clean and adversarial images go in separate
         # passes, each normalized by its own batch statistics, and only the adversarial pass updates
         # BatchNorm's running statistics, so at test time adversarial inputs meet the statistics they
-        # were trained with, as in PGD training. (One mixed pass gave 44.7% clean / 31.7% PGD-10 on
-        # tiny6; separate passes that both updated the running statistics 46.3% / 28.3%.)
+        # were trained with, as in PGD training (the variants we tried: weights/README.md).
         self.model.train()
         with batchnorm_statistics_kept(self.model):
             clean_loss = F.cross_entropy(self.network(images), labels)
