@@ -252,6 +252,8 @@ for name, parameter in [*trainer.generator.named_parameters(), *trainer.critic.n
     dist.all_gather(copies, parameter.detach())
     if not all(torch.equal(copy, copies[0]) for copy in copies):
         sys.exit(f"{name} differs between processes")
+dist.barrier()
+dist.destroy_process_group()  # a clean teardown: without it, gloo may abort one process at exit
 """
 
 
