@@ -29,7 +29,7 @@ VARIANTS = {  # label: (method, config overrides)
     "free (pass of 4 replays)": ("free", {}),
     "PGD-7": ("pgd", {"pgd_steps": 7}),
     "PGD-10": ("pgd", {"pgd_steps": 10}),
-    f"IWDD ({TrainConfig.refine_steps} refine steps)": ("iwdd", {}),
+    f"IWDD ({TrainConfig.pgd_steps} refine steps)": ("iwdd", {}),
 }
 WARMUP = 3
 

@@ -343,8 +343,9 @@ def defend_command(
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     lr: Annotated[float, typer.Option(help="SGD learning rate (x0.1 at 50% and 75%).")] = 0.1,
     eps: Annotated[str, typer.Option(help="l-inf budget of pgd and free training.")] = "8/255",
-    pgd_steps: Annotated[int, typer.Option(min=1, help="PGD steps K (pgd training; step 2.5 eps / K).")] = 7,
-    refine_steps: Annotated[int, typer.Option(min=1, help="IWDD: PGD steps refining the generator's samples.")] = 5,
+    pgd_steps: Annotated[
+        int, typer.Option(min=1, help="PGD steps K of pgd training and of IWDD's refinement (step 2.5 eps / K).")
+    ] = 7,
     replays: Annotated[int, typer.Option(min=1, help="Free training: replays m per minibatch.")] = 4,
     beta: Annotated[float, typer.Option(help="IWDD: weight of the clean loss.")] = 0.1,
     tau: Annotated[float, typer.Option(help="IWDD: weight of the generator's classification loss.")] = 0.1,
@@ -377,7 +378,6 @@ def defend_command(
         lr=lr,
         eps=parse_fraction(eps),
         pgd_steps=pgd_steps,
-        refine_steps=refine_steps,
         replays=replays,
         beta=beta,
         tau=tau,
