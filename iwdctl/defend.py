@@ -323,8 +323,8 @@ class Trainer:
         config = self.config
         criterion = Misclassification(labels)
         noise = torch.randn(len(images), 1, *images.shape[-2:], generator=generator).to(self.device)
-        # The GAN steps take a quarter of the minibatch (a 32x32 image still gives the critic hundreds of
-        # patches): so cheap, an IWDD epoch with PGD training's K refine steps costs less than a PGD-10 epoch.
+        # The GAN steps take a quarter of the minibatch (a 32x32 image still gives the critic 484 patch
+        # scores): so cheap, an IWDD epoch with PGD training's K refine steps costs less than a PGD-10 epoch.
         share = max(1, len(images) // 4)
         real, real_noise = images[:share], noise[:share]
         self.generator.train()
