@@ -250,7 +250,7 @@ def main() -> None:
     trainer.fit()
     gan = {f"generator.{key}": value for key, value in trainer.generator.named_parameters()}
     gan.update({f"critic.{key}": value for key, value in trainer.critic.named_parameters()})
-    save_file({key: value.detach().contiguous() for key, value in gan.items()}, f"{sys.argv[3]}{rank}.safetensors")
+    save_file({key: value.detach() for key, value in gan.items()}, f"{sys.argv[3]}{rank}.safetensors")
 
 
 main()
