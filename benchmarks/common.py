@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from iwdctl.files import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -36,5 +38,5 @@ def header(title: str) -> str:
 def write_results(name: str, text: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name
-    path.write_text(text)
+    write_text_atomic(path, text)  # a killed benchmark leaves the previous results whole
     return path

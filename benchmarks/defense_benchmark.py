@@ -24,6 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHARED, header, write_results  # noqa: E402
 
+from iwdctl.files import write_text_atomic  # noqa: E402
 from iwdctl.models import load_classifier  # noqa: E402
 
 METHODS = ("natural", "free", "pgd", "iwdd")
@@ -100,7 +101,7 @@ def main() -> None:
     readme += "\nLoad with `iwdctl.load_classifier('weights/<file>')`; inputs are 32x32 RGB in [0, 1].\n\n" + "\n".join(
         descriptions
     )
-    (weights / "README.md").write_text(readme)
+    write_text_atomic(weights / "README.md", readme)
     print(text)
 
 
