@@ -3,9 +3,10 @@
 IWDD starts the classifier's x~ at the generator's sample projected onto the eps-ball and refines it
 with PGD training's K steps. This measures, on tiny6/train images and the shipped checkpoints, the
 cross-entropy and accuracy at that start and after the K steps, for the generator's start and for a
-uniform start. The generator runs as in training: in train mode, on minibatches of 32.
+uniform start. eps and K are the IWDD checkpoint's own; the generator runs as in training: in train
+mode, on minibatches of 32.
 
-    python benchmarks/refine_start.py [--images 512] [--steps 7]
+    python benchmarks/refine_start.py [--images 512] [--seed 0]
 """
 
 from __future__ import annotations
@@ -23,40 +24,36 @@ from common import ROOT, SHARED, header, write_results  # noqa: E402
 from iwdctl.attacks.iwda_amortised import load_generator  # noqa: E402
 from iwdctl.attacks.pgd import PGD  # noqa: E402
 from iwdctl.criteria import Misclassification  # noqa: E402
-from iwdctl.defend import load_split  # noqa: E402
+from iwdctl.defend import TrainConfig, load_split, projected_start  # noqa: E402
 from iwdctl.models import load_classifier  # noqa: E402
 
 WEIGHTS = ROOT / "weights"
-EPS = 8 / 255
 BATCH = 32
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=7, help="PGD training's K (step 2.5 eps / K)")
     parser.add_argument("--seed", type=int, default=0)
     arguments = parser.parse_args()
+    iwdd = WEIGHTS / "tiny6-preact_resnet18_w16-iwdd.safetensors"
+    # Before seeding: building the classifier draws its initial weights.
+    config = TrainConfig(data="", out="", **load_classifier(iwdd, device="cpu").metadata["hyperparameters"])
     torch.manual_seed(arguments.seed)
     train = load_split(SHARED / "tiny6", "train", 32)
     chosen = torch.randperm(len(train.labels))[: arguments.images]
     images, labels = train.images[chosen], train.labels[chosen]
-    generator = load_generator(WEIGHTS / "tiny6-preact_resnet18_w16-iwdd.safetensors").train()
+    generator = load_generator(iwdd).train()
     with torch.no_grad():
-        samples = torch.cat(
-            [
-                generator(images[i : i + BATCH], torch.randn(len(images[i : i + BATCH]), 1, 32, 32))
-                for i in range(0, len(images), BATCH)
-            ]
-        )
+        samples = torch.cat([generator(batch, torch.randn(len(batch), 1, 32, 32)) for batch in images.split(BATCH)])
     starts = {
-        "generator (projected)": images + (samples - images).clamp(-EPS, EPS),
-        "uniform": (images + torch.empty_like(images).uniform_(-EPS, EPS)).clamp(0, 1),
+        "generator (projected)": projected_start(images, samples, config.eps),
+        "uniform": (images + torch.empty_like(images).uniform_(-config.eps, config.eps)).clamp(0, 1),
     }
     rows = []
     for method in ("iwdd", "pgd"):
         model = load_classifier(WEIGHTS / f"tiny6-preact_resnet18_w16-{method}.safetensors", device="cpu")
-        attack = PGD(model, EPS, 2.5 * EPS / arguments.steps, arguments.steps, random_start=False)
+        attack = PGD(model, config.eps, config.pgd_alpha, config.pgd_steps, random_start=False)
         for label, start in starts.items():
             refined = attack.refine(images, start, Misclassification(labels))
             cells = []
@@ -68,7 +65,8 @@ def main() -> None:
             rows.append(f"| {method} | {label} | " + " | ".join(cells) + " |")
     text = header("IWDD's generator start against a uniform start, before and after PGD training's K steps")
     text += (
-        f"\n{arguments.images} tiny6/train images, eps 8/255, K = {arguments.steps} steps of 2.5 eps / K; "
+        f"\n{arguments.images} tiny6/train images, eps {config.eps * 255:.0f}/255, K = {config.pgd_steps} steps of "
+        "2.5 eps / K (the IWDD checkpoint's); "
         "shipped checkpoints; the generator is the shipped IWDD checkpoint's.\n\n"
         "| model | start | CE at start | acc % at start | CE after K steps | acc % after K steps |\n"
         "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"

@@ -36,6 +36,11 @@ from iwdctl.runtime import ProgressCallback, batchnorm_statistics_kept, frozen, 
 METHODS = ("natural", "pgd", "free", "iwdd")
 
 
+def projected_start(images: torch.Tensor, samples: torch.Tensor, eps: float) -> torch.Tensor:
+    """IWDD's start of the refine steps: the generator's samples projected onto the eps-ball around x."""
+    return images + (samples - images).clamp(-eps, eps)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters; the defaults are the paper's (SGD, momentum 0.9, weight decay 5e-4, lr 0.1)."""
@@ -357,7 +362,7 @@ class Trainer:
         # sample, projected onto the eps-ball, starts PGD training's K steps in place of its uniform start.
         with torch.no_grad():
             fake = self.generator(images, noise)
-        start = images + (fake - images).clamp(-config.eps, config.eps)
+        start = projected_start(images, fake, config.eps)
         refine = PGD(self.model, config.eps, config.pgd_alpha, config.pgd_steps, random_start=False)
         adversarial = refine.refine(images, start, criterion)
         # Classifier: beta * CE(h(x), y) + CE(h(x~), y), divided by 1 + beta so that its gradient has the
