@@ -329,7 +329,7 @@ class Trainer:
         criterion = Misclassification(labels)
         noise = torch.randn(len(images), 1, *images.shape[-2:], generator=generator).to(self.device)
         # The GAN steps take a quarter of the minibatch (a 32x32 image still gives the critic 484 patch
-        # scores), which keeps an IWDD epoch with PGD training's K refine steps near a PGD-10 epoch (1.05x).
+        # scores), which keeps an IWDD epoch with PGD training's K refine steps near a PGD-10 epoch (1.03x).
         share = max(1, len(images) // 4)
         real, real_noise = images[:share], noise[:share]
         self.generator.train()
