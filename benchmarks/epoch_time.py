@@ -3,8 +3,7 @@
 The issue's goal: an IWDD epoch costs no more than a PGD-10 epoch. Each method's trainer takes the
 same minibatches in turn (round robin, so a slower or faster spell of the machine hits all methods
 alike); the mean seconds per step times the steps per epoch gives seconds per epoch (free training:
-per pass of m replays). The mean, not the median, because not every step costs the same (IWDD's GAN
-steps need not run on every minibatch). The first steps of each method are warm-up and not counted.
+per pass of m replays). The first steps of each method are warm-up and not counted.
 
     python benchmarks/epoch_time.py [--steps 30] [--arch preact_resnet18_w16] [--batch-size 32]
 """
@@ -59,8 +58,7 @@ def main() -> None:
         seconds: dict[str, list[float]] = {label: [] for label in trainers}
         for step in range(WARMUP + arguments.steps):
             for label, trainer in trainers.items():
-                trainer.step = step % trainer.steps_per_epoch
-                images, labels, generator = trainer._batch(0, trainer.step)
+                images, labels, generator = trainer._batch(0, step % trainer.steps_per_epoch)
                 start = time.perf_counter()
                 trainer._train_step(images, labels, generator)
                 if step >= WARMUP:
