@@ -153,12 +153,17 @@ def measure_command(
     plot: Annotated[Optional[Path], typer.Option(help="Histogram figure (PNG, one panel per metric).")] = None,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Per-pair CSV.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Pairs and summary as JSON.")] = None,
+    workers: Annotated[
+        Optional[int], typer.Option(min=1, help="Pairs measured at once (default: one per core).")
+    ] = None,
+    device: DeviceOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """l2, l-inf, IWD and SSIM between originals and adversarial images, with histograms.
 
     Folders pair by relative path and stem; an adversarial file may end in _adv<k> (cat_adv0.png
-    pairs with cat.png). IWD is exact unless --approx or past 16384 patches per image.
+    pairs with cat.png). IWD is exact unless --approx or past 16384 patches per image; an estimate
+    is marked ≈ and carries its error bound.
     """
     from iwdctl.measure import (
         MeasureSettings,
@@ -169,11 +174,12 @@ def measure_command(
         summarize,
         write_csv,
     )
+    from iwdctl.runtime import resolve_device
 
-    settings = MeasureSettings(patch, stride, size, True if approx else None, resize)
+    settings = MeasureSettings(patch, stride, size, True if approx else None, resize, str(resolve_device(device)))
     pairing = pair_images(orig, adv, strict)
-    with progress_bar(quiet) as progress:
-        results = measure_pairs(pairing.pairs, settings, progress)
+    with progress_bar(quiet, unit="pairs") as progress:
+        results = measure_pairs(pairing.pairs, settings, progress, workers)
     if pairing.unpaired:
         error_console.print(
             f"[yellow]{len(pairing.unpaired)} files without a partner:[/] " + ", ".join(pairing.unpaired[:10])
@@ -184,7 +190,7 @@ def measure_command(
         for column in ("adversarial", "method", "l2", "l-inf", "IWD", "SSIM"):
             table.add_column(column, justify="left" if column in ("adversarial", "method") else "right")
         for result in results:
-            mark = "" if result.iwd_exact else " ≈"
+            mark = "" if result.iwd_exact else f" ≈ (±{100 * result.iwd_bound:.2g}%)"
             table.add_row(
                 Path(result.adv).name,
                 result.method,

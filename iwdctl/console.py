@@ -6,7 +6,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from iwdctl.runtime import ProgressCallback
 
@@ -14,8 +24,19 @@ console = Console()
 error_console = Console(stderr=True)
 
 
+class RateColumn(ProgressColumn):
+    """Items per second, e.g. '3.2 pairs/s'."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.2f} {self.unit}/s" if task.speed else f"- {self.unit}/s", style="cyan")
+
+
 @contextmanager
-def progress_bar(quiet: bool = False) -> Iterator[ProgressCallback]:
+def progress_bar(quiet: bool = False, unit: str = "items") -> Iterator[ProgressCallback]:
     """A callback for the core that draws one bar per description (on a terminal, unless quiet)."""
     if quiet or not error_console.is_terminal:
         yield lambda completed, total, description="": None
@@ -24,6 +45,7 @@ def progress_bar(quiet: bool = False) -> Iterator[ProgressCallback]:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        RateColumn(unit),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )

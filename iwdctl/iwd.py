@@ -10,36 +10,60 @@ Definition (the paper's Definition 3, eq. 2, with the L1 ground cost divided by 
 4. IWD(x, x~) = min over one-to-one matchings sigma of (1/N) sum_i c(u_i, v_sigma(i)).
 
 For uniform distributions of equally many points this assignment problem *is* the optimal
-transport problem (Birkhoff), so it is solved exactly as a linear assignment. Because c is a metric,
-identical patches present in both images can be matched to each other at zero cost without changing
-the optimum (Kantorovich-Rubinstein: W1 depends only on mu - nu), which shrinks shifted pairs a lot.
+transport problem (Birkhoff), so it is solved exactly as a linear assignment (iwdctl.assignment).
+Because c is a metric, identical patches present in both images can be matched to each other at
+zero cost without changing the optimum (Kantorovich-Rubinstein: W1 depends only on mu - nu), which
+shrinks pixel-shifted pairs a lot. The value is the mean of the matched patches' costs summed
+directly in float64, as POT sums them.
+
+Past EXACT_LIMIT patches, or on request, an entropic estimate (log-domain Sinkhorn with epsilon
+scaling) is computed on the device in row blocks. It comes with a certified bracket: a feasible dual
+(the c-transform of the Sinkhorn potential) bounds IWD from below, and the cost of the Sinkhorn plan
+rounded onto the exact marginals (Altschuler, Weed and Rigollet 2017) bounds it from above. The
+estimate is the bracket's midpoint, and `bound` its half-width relative to the lower end, so
+|estimate - IWD| <= bound * IWD always.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 
+from iwdctl.assignment import min_cost_assignment
+from iwdctl.costs import cost_matrix
 from iwdctl.errors import InputError
+from iwdctl.runtime import resolve_device
 
-# Up to this many patches per image the assignment is solved exactly (a 128 x 128 image at stride 1
-# has 14884); past it `iwd` switches to the entropic estimate and says so.
+# Up to this many patches per image IWD is exact by default (a 128 x 128 image at stride 1 has 14884,
+# a 2.1 GB float64 cost matrix at the limit); past it `iwd` returns the entropic estimate and says so.
 EXACT_LIMIT = 16384
-# Dense cost matrices beyond this many bytes are refused rather than swapping the machine to death.
-MEMORY_LIMIT_BYTES = 8 * 2**30
+# Exact IWD holds a dense float64 cost matrix; larger ones are refused (8 GB: 32768 patches).
+EXACT_MEMORY_BYTES = 8 * 2**30
+# The estimate keeps its float32 cost matrix when it takes at most this many bytes (a 224 x 224 image
+# at stride 1: 47,524 patches, 9 GB), else it recomputes cost blocks in every pass.
+STORED_COST_BYTES = 12 * 2**30
+# The estimate stops once its bracket is this narrow (relative half-width), or after MAX_PASSES.
+ESTIMATE_TOLERANCE = 1e-3
+MAX_PASSES = 150
+# Added to the estimate's bound, in units of the largest cost: the float32 cost matrix and sums resolve
+# the bracket's ends to a few units in the last place of the costs.
+FLOAT32_ALLOWANCE = 8 * 2.0**-24
 
 
 @dataclass(frozen=True)
 class IWDValue:
+    """An IWD value; `bound` is 0 when exact, else the estimate's relative error bound."""
+
     value: float
     exact: bool
     patches: int
+    bound: float = 0.0
 
 
 def analysis_size(height: int, width: int, size: int) -> tuple[int, int]:
@@ -67,49 +91,14 @@ def patches(image: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
     return F.unfold(image[None], patch, stride=stride)[0].T.contiguous()
 
 
-def patch_cost_matrix(x: torch.Tensor, y: torch.Tensor, patch: int, stride: int = 1, block: int = 8) -> torch.Tensor:
-    """C[i, j] = mean |u_i - v_j| between all patches of x (rows) and of y (columns).
-
-    Stride 1 uses the sliding-window identity c(u_(p), v_(q)) = sum over the k x k window of
-    per-pixel L1 costs, built from pixel-pair costs in cache-sized blocks of patch rows: about 4x
-    faster than torch.cdist on 64 x 64 images, with the same values (to rounding).
-    """
-    channels, height, width = x.shape
-    if stride != 1:
-        return torch.cdist(patches(x, patch, stride), patches(y, patch, stride), p=1).div_(channels * patch * patch)
-    rows, cols = height - patch + 1, width - patch + 1
-    out = torch.empty(rows, cols, rows, cols, dtype=x.dtype, device=x.device)
-    for row_start in range(0, rows, block):
-        x_rows = min(block, rows - row_start)
-        x_band = x[:, row_start : row_start + x_rows + patch - 1]
-        for col_start in range(0, rows, block):
-            y_rows = min(block, rows - col_start)
-            y_band = y[:, col_start : col_start + y_rows + patch - 1]
-            # pixel[r1, r2, c1, c2] = sum over channels |x[:, r1, c1] - y[:, r2, c2]|
-            pixel = (x_band[0][:, None, :, None] - y_band[0][None, :, None, :]).abs_()
-            for channel in range(1, channels):
-                pixel += (x_band[channel][:, None, :, None] - y_band[channel][None, :, None, :]).abs_()
-            # Sum k pixel costs along the column diagonal, then k of those along the row diagonal.
-            window = pixel[:, :, :cols, :cols].clone()
-            for offset in range(1, patch):
-                window += pixel[:, :, offset : offset + cols, offset : offset + cols]
-            total = window[:x_rows, :y_rows].clone()
-            for offset in range(1, patch):
-                total += window[offset : offset + x_rows, offset : offset + y_rows]
-            out[row_start : row_start + x_rows, :, col_start : col_start + y_rows, :] = total.permute(0, 2, 1, 3)
-    return out.reshape(rows * cols, rows * cols).div_(channels * patch * patch)
-
-
-def _unshared(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _unshared(u: torch.Tensor, v: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Boolean masks of the patches left once identical patches of u and v are matched to each other."""
     _, groups = torch.unique(torch.cat([u, v]), dim=0, return_inverse=True)
     groups = groups.cpu().numpy()
     group_u, group_v = groups[: len(u)], groups[len(u) :]
     count = int(groups.max()) + 1
     shared = np.minimum(np.bincount(group_u, minlength=count), np.bincount(group_v, minlength=count))
-    return torch.from_numpy(_occurrence(group_u) >= shared[group_u]), torch.from_numpy(
-        _occurrence(group_v) >= shared[group_v]
-    )
+    return _occurrence(group_u) >= shared[group_u], _occurrence(group_v) >= shared[group_v]
 
 
 def _occurrence(groups: np.ndarray) -> np.ndarray:
@@ -122,62 +111,148 @@ def _occurrence(groups: np.ndarray) -> np.ndarray:
     return rank
 
 
-def exact_iwd(x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: int = 1) -> float:
-    """Exact IWD of two analysis-size images (3, H, W), in float64."""
-    x, y = x.double(), y.double()
-    u, v = patches(x, patch, stride), patches(y, patch, stride)
+def exact_iwd(x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: int = 1, threads: int = 1) -> float:
+    """Exact IWD of two analysis-size images (3, H, W), in float64. `threads` split the cost matrix."""
+    x, y = x.detach().double(), y.detach().double()
+    u, v = patches(x, patch, stride).cpu(), patches(y, patch, stride).cpu()
     keep_u, keep_v = _unshared(u, v)
     remaining = int(keep_u.sum())
     if remaining == 0:
         return 0.0
-    if remaining < 0.9 * len(u):
-        cost = torch.cdist(u[keep_u], v[keep_v], p=1).div_(u.shape[1])
-    else:
-        cost = patch_cost_matrix(x, y, patch, stride)
-        if remaining < len(u):
-            cost = cost[keep_u][:, keep_v]
-    matrix = cost.cpu().numpy()
-    rows, cols = linear_sum_assignment(matrix)
-    return float(matrix[rows, cols].sum() / len(u))
+    cost = cost_matrix(x, y, patch, stride, threads)
+    if remaining < len(u):
+        cost = cost[np.ix_(keep_u, keep_v)]
+    columns = min_cost_assignment(cost)
+    rows_u, rows_v = u[torch.from_numpy(keep_u)], v[torch.from_numpy(keep_v)]
+    # The value from the matched patches' costs summed directly, not from the matrix, as POT does.
+    matched = (rows_u - rows_v[torch.from_numpy(columns)]).abs().mean(dim=1)
+    return float(matched.sum() / len(u))
 
 
-def sinkhorn_iwd(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    patch: int = 7,
-    stride: int = 1,
-    epsilon: float = 3e-4,
-    scaling: float = 0.5,
-    tolerance: float = 1e-2,
-    max_iterations: int = 100,
-) -> float:
-    """Entropic estimate of IWD: log-domain Sinkhorn with epsilon scaling on the same L1 cost.
+# ----- the entropic estimate --------------------------------------------------------------------
 
-    epsilon falls geometrically from the largest cost to `epsilon` (pixel units) with a few
-    iterations per level, then iterates until every row marginal is within `tolerance` (relative)
-    or `max_iterations`. Returns <P, C> for the final plan. Float32; its error against the exact
-    value is measured in benchmarks/measure_speed.py.
+
+class _CostRows:
+    """Row blocks of the float32 cost matrix on the device: stored once when it fits, else recomputed."""
+
+    def __init__(self, u: torch.Tensor, v: torch.Tensor, block: int) -> None:
+        self.u, self.v, self.block = u, v, block
+        self.count = len(u)
+        self.stored: torch.Tensor | None = None
+        if self.count * self.count * 4 <= STORED_COST_BYTES and self._fits(u.device):
+            self.stored = torch.cat([self._compute(start) for start in range(0, self.count, block)])
+
+    def _fits(self, device: torch.device) -> bool:
+        if device.type != "cuda":
+            return self.count <= EXACT_LIMIT  # at most 1 GB on a CPU
+        free, _ = torch.cuda.mem_get_info(device)
+        return self.count * self.count * 4 < 0.5 * free
+
+    def _compute(self, start: int) -> torch.Tensor:
+        return torch.cdist(self.u[start : start + self.block], self.v, p=1).div_(self.u.shape[1])
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        for start in range(0, self.count, self.block):
+            rows = self.stored[start : start + self.block] if self.stored is not None else self._compute(start)
+            yield start, rows
+
+
+def _sinkhorn_pass(cost: _CostRows, f: torch.Tensor, g: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row update then one column update of the potentials (uniform weights, log domain)."""
+    log_n = math.log(cost.count)
+    new_f = torch.empty_like(f)
+    for start, rows in cost:
+        new_f[start : start + len(rows)] = -eps * torch.logsumexp((g[None, :] - rows) / eps, dim=1) + eps * log_n
+    column_max = torch.full_like(g, -math.inf)
+    column_sum = torch.zeros_like(g)
+    for start, rows in cost:
+        scores = (new_f[start : start + len(rows), None] - rows) / eps
+        block_max = scores.amax(dim=0)
+        peak = torch.maximum(column_max, block_max)
+        column_sum = column_sum * torch.exp(column_max - peak) + torch.exp(scores - peak).sum(dim=0)
+        column_max = peak
+    new_g = -eps * (column_max + torch.log(column_sum)) + eps * log_n
+    return new_f, new_g
+
+
+def _bracket(cost: _CostRows, f: torch.Tensor, g: torch.Tensor, eps: float) -> tuple[float, float]:
+    """A lower bound (dual of the c-transform) and an upper bound (cost of the rounded plan) on IWD."""
+    count = cost.count
+    target = 1.0 / count
+    # Lower bound: f~_i = min_j (C_ij - g_j) makes (f~, g) feasible; its dual value is <= IWD.
+    transformed = torch.empty_like(f)
+    for start, rows in cost:
+        transformed[start : start + len(rows)] = (rows - g[None, :]).amin(dim=1)
+    lower = float(transformed.double().mean() + g.double().mean())
+
+    def plan(start: int, rows: torch.Tensor) -> torch.Tensor:
+        return torch.exp((f[start : start + len(rows), None] + g[None, :] - rows) / eps) * (target * target)
+
+    # Rounding: scale rows down to at most their mass, then columns, then spread the missing mass.
+    row_scale = torch.empty_like(f)
+    for start, rows in cost:
+        row_scale[start : start + len(rows)] = (target / plan(start, rows).sum(dim=1)).clamp(max=1.0)
+    column_mass = torch.zeros_like(g)
+    for start, rows in cost:
+        column_mass += (plan(start, rows) * row_scale[start : start + len(rows), None]).sum(dim=0)
+    column_scale = (target / column_mass).clamp(max=1.0)
+    row_mass = torch.empty_like(f)
+    column_mass = torch.zeros_like(g)
+    plan_cost = torch.zeros((), dtype=torch.float64, device=f.device)
+    for start, rows in cost:
+        scaled = plan(start, rows) * row_scale[start : start + len(rows), None] * column_scale[None, :]
+        row_mass[start : start + len(rows)] = scaled.sum(dim=1)
+        column_mass += scaled.sum(dim=0)
+        plan_cost += (scaled * rows).sum(dtype=torch.float64)
+    missing_rows = (target - row_mass).clamp(min=0)
+    missing_columns = (target - column_mass).clamp(min=0)
+    missing = float(missing_rows.double().sum())
+    correction = torch.zeros((), dtype=torch.float64, device=f.device)
+    if missing > 0:
+        for start, rows in cost:
+            weights = missing_rows[start : start + len(rows), None] * missing_columns[None, :]
+            correction += (weights * rows).sum(dtype=torch.float64)
+        correction /= missing
+    upper = float(plan_cost + correction)
+    return lower, max(upper, lower)
+
+
+def estimate_iwd(
+    x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: int = 1, tolerance: float = ESTIMATE_TOLERANCE
+) -> tuple[float, float]:
+    """Entropic estimate of IWD on x's device and its relative error bound (see the module docstring).
+
+    Epsilon falls geometrically (x0.7 per pass) from the largest cost to 1e-6 of the mean nearest-patch
+    cost; once below a tenth of it, the bracket is checked every 5 passes, and the estimate returned once
+    its relative half-width is below `tolerance`, or after MAX_PASSES with the bound it has then (about
+    1e-6 for noise, blur and JPEG pairs; a few percent for rotated or re-arranged ones, whose plans
+    converge slowly at small epsilon). The bound includes FLOAT32_ALLOWANCE x the largest cost.
     """
-    cost = patch_cost_matrix(x.float(), y.float(), patch, stride)
-    count = cost.shape[0]
-    log_weight = -math.log(count)
-    f = torch.zeros(count, dtype=cost.dtype, device=cost.device)
-    g = torch.zeros_like(f)
-    eps = float(cost.max()) or 1.0
-    iterations = 0
-    while True:
-        scaled = cost / -eps
-        for _ in range(5):
-            f = -eps * torch.logsumexp(scaled + (g / eps + log_weight)[None, :], dim=1)
-            g = -eps * torch.logsumexp(scaled + (f / eps + log_weight)[:, None], dim=0)
-            iterations += 1
-        if eps <= epsilon:
-            row_mass = torch.logsumexp(scaled + (g / eps)[None, :] + (f / eps)[:, None], dim=1).exp() / count
-            if float((row_mass * count - 1).abs().max()) < tolerance or iterations >= max_iterations:
+    u = patches(x.float(), patch, stride)
+    v = patches(y.float(), patch, stride)
+    block = max(1, min(len(u), (64 * 2**20) // (4 * len(v))))  # about 64 MB of scores per block
+    cost = _CostRows(u, v, block)
+    largest, nearest = 0.0, 0.0
+    for _, rows in cost:
+        largest = max(largest, float(rows.max()))
+        nearest += float(rows.amin(dim=1).double().sum())
+    if largest == 0.0:
+        return 0.0, 0.0
+    nearest /= cost.count
+    floor = max(1e-6 * nearest, 1e-9 * largest)
+    f = torch.zeros(len(u), device=u.device)
+    g = torch.zeros(len(v), device=u.device)
+    eps = largest
+    lower = upper = 0.0
+    for iteration in range(1, MAX_PASSES + 1):
+        f, g = _sinkhorn_pass(cost, f, g, eps)
+        eps = max(floor, eps * 0.7)
+        if eps < 0.1 * nearest and (iteration % 5 == 0 or iteration == MAX_PASSES):
+            lower, upper = _bracket(cost, f, g, eps)
+            if upper - lower <= 2 * tolerance * max(lower, 1e-12):
                 break
-        eps = max(epsilon, eps * scaling)
-    plan = torch.exp(scaled + (f / eps)[:, None] + (g / eps)[None, :] + 2 * log_weight)
-    return float((plan * cost).sum() / plan.sum())
+    middle = (lower + upper) / 2
+    return middle, ((upper - lower) / 2 + FLOAT32_ALLOWANCE * largest) / max(lower, 1e-300)
 
 
 def check_pair(x: torch.Tensor, y: torch.Tensor, patch: int) -> None:
@@ -188,25 +263,46 @@ def check_pair(x: torch.Tensor, y: torch.Tensor, patch: int) -> None:
 
 
 def iwd_pair(
-    x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: int = 1, size: int = 64, approx: bool | None = None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    patch: int = 7,
+    stride: int = 1,
+    size: int = 64,
+    approx: bool | None = None,
+    device: str | torch.device | None = None,
+    threads: int = 1,
 ) -> IWDValue:
-    """IWD of one pair (3, H, W) at full resolution; `approx` None: exact up to EXACT_LIMIT patches."""
+    """IWD of one pair (3, H, W) at full resolution; `approx` None: exact up to EXACT_LIMIT patches.
+
+    The analysis view and cost matrices are computed on `device` (default: CUDA when present); the
+    exact assignment runs on the CPU.
+    """
     check_pair(x, y, patch)
-    pair = analysis_view(torch.stack([x, y]), size)
+    target = resolve_device(device)
+    pair = analysis_view(torch.stack([x, y]).to(target), size)
     count = patch_count(pair.shape[-2], pair.shape[-1], patch, stride)
-    if count * count * (8 if not approx else 4) > MEMORY_LIMIT_BYTES:
-        raise InputError(
-            f"{count} patches per image need a {count}x{count} cost matrix: too large; raise --stride or lower --size"
-        )
     exact = count <= EXACT_LIMIT if approx is None else not approx
-    value = exact_iwd(pair[0], pair[1], patch, stride) if exact else sinkhorn_iwd(pair[0], pair[1], patch, stride)
-    return IWDValue(value, exact, count)
+    if exact:
+        if count * count * 8 > EXACT_MEMORY_BYTES:
+            raise InputError(
+                f"{count} patches per image need a {count}x{count} cost matrix: too large for exact IWD; "
+                "raise --stride, lower --size or use --approx"
+            )
+        return IWDValue(exact_iwd(pair[0], pair[1], patch, stride, threads), True, count)
+    value, bound = estimate_iwd(pair[0], pair[1], patch, stride)
+    return IWDValue(value, False, count, bound)
 
 
 def iwd(
-    x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: int = 1, size: int = 64, approx: bool | None = None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    patch: int = 7,
+    stride: int = 1,
+    size: int = 64,
+    approx: bool | None = None,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """IWD between images x and y: (3, H, W) or batches (N, 3, H, W) in [0, 1]; float64 values.
+    """IWD between images x and y: (3, H, W) or batches (N, 3, H, W) in [0, 1]; float64 values on the CPU.
 
     Exact by default. `approx=True` forces the entropic estimate; `approx=None` uses it only past
     EXACT_LIMIT patches per image, with a warning, since an approximation is never silent.
@@ -214,7 +310,7 @@ def iwd(
     batch_x, batch_y = (x[None], y[None]) if x.dim() == 3 else (x, y)
     if batch_x.shape != batch_y.shape:
         raise InputError(f"x and y differ in shape: {tuple(x.shape)} and {tuple(y.shape)}")
-    results = [iwd_pair(a, b, patch, stride, size, approx) for a, b in zip(batch_x, batch_y)]
+    results = [iwd_pair(a, b, patch, stride, size, approx, device) for a, b in zip(batch_x, batch_y)]
     if approx is None and not all(result.exact for result in results):
         warnings.warn("IWD past the exact-size limit: entropic (Sinkhorn) estimate returned", stacklevel=2)
     values = torch.tensor([result.value for result in results], dtype=torch.float64)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from iwdctl.costs import cpu_threads
 from iwdctl.distances import L2, SSIM, Linf
 from iwdctl.errors import InputError
 from iwdctl.files import write_atomic, write_text_atomic
@@ -47,6 +48,7 @@ class PairResult:
     iwd: float
     ssim: float
     iwd_exact: bool
+    iwd_bound: float  # 0 when exact, else the estimate's relative error bound
 
 
 @dataclass
@@ -62,6 +64,7 @@ class MeasureSettings:
     size: int = 64
     approx: bool | None = None
     resize: bool = False
+    device: str | None = None  # where analysis views and cost matrices are computed (default: CUDA when present)
 
 
 def _keyed_images(root: Path) -> dict[str, Path]:
@@ -124,37 +127,49 @@ def _resize_like(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     )[0].clamp(0, 1)
 
 
-def measure_pair(orig: torch.Tensor, adv: torch.Tensor, settings: MeasureSettings) -> dict[str, float | bool]:
-    """All metrics of one pair of (3, H, W) images in [0, 1]."""
+def measure_pair(
+    orig: torch.Tensor, adv: torch.Tensor, settings: MeasureSettings, threads: int = 1
+) -> dict[str, float | bool]:
+    """All metrics of one pair of (3, H, W) images in [0, 1]; `threads` split its cost matrix."""
     if settings.resize and adv.shape != orig.shape:
         adv = _resize_like(adv, orig)
     check_pair(orig, adv, settings.patch)
     x, y = orig[None].double(), adv[None].double()
-    distance = iwd_pair(orig, adv, settings.patch, settings.stride, settings.size, settings.approx)
+    distance = iwd_pair(
+        orig, adv, settings.patch, settings.stride, settings.size, settings.approx, settings.device, threads
+    )
     return {
         "l2": float(L2()(x, y)[0]),
         "linf": float(Linf()(x, y)[0]),
         "iwd": distance.value,
         "ssim": float(SSIM()(x, y)[0]),
         "iwd_exact": distance.exact,
+        "iwd_bound": distance.bound,
     }
 
 
 def measure_pairs(
-    pairs: Sequence[Pair], settings: MeasureSettings, progress: ProgressCallback = no_progress, workers: int = 2
+    pairs: Sequence[Pair],
+    settings: MeasureSettings,
+    progress: ProgressCallback = no_progress,
+    workers: int | None = None,
 ) -> list[PairResult]:
-    """Measure every pair; pairs run in threads, since the assignment solver releases the GIL."""
+    """Measure every pair, in order. Pairs run in `workers` threads (default: one per core): decoding,
+    resizing and the numba kernels release the GIL, so threads use every core without the start-up of
+    worker processes. A lone pair splits its cost matrix over the cores instead."""
+    workers = max(1, min(workers or cpu_threads(), len(pairs)))
+    threads = max(1, cpu_threads() // workers)
 
     def one(pair: Pair) -> PairResult:
         try:
-            metrics = measure_pair(load_image(pair.orig), load_image(pair.adv), settings)
+            metrics = measure_pair(load_image(pair.orig), load_image(pair.adv), settings, threads)
         except InputError as error:
             raise InputError(f"{pair.adv} vs {pair.orig}: {error}") from error
         return PairResult(str(pair.orig), str(pair.adv), pair.method, **metrics)  # type: ignore[arg-type]
 
     results: list[PairResult] = []
     progress(0, len(pairs), "measure")
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         for result in pool.map(one, pairs):
             results.append(result)
             progress(len(results), len(pairs), "measure")

@@ -1,0 +1,95 @@
+"""Dense patch cost matrices C[i, j] = mean |u_i - v_j| between all k x k patches of two images.
+
+At stride 1 the cost of patches p and q is a k x k window sum of per-pixel costs, and along a
+diagonal of patch rows (r, r + delta) consecutive windows share k - 1 pixel rows. The CPU kernel
+(numba, GIL released, split over threads by diagonal) computes each pair of pixel rows' window sums
+once, keeps the last k in a ring and adds them: about 25 operations per entry instead of 3 k^2.
+Elsewhere (CUDA, other strides, or without numba) torch computes the same matrix.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from iwdctl.assignment import numba
+
+
+def _diagonal_window_sums(x, y, k, deltas, out):  # type: ignore[no-untyped-def]
+    """out[r1 * Q + q1, r2 * Q + q2] = sum of |x - y| over channels and the k x k windows at (r1, q1)
+    in x and (r2, q2) in y, for the patch-row diagonals r2 - r1 in `deltas` (sums, not means)."""
+    channels, height, width = x.shape
+    rows = height - k + 1
+    cols = width - k + 1
+    pixel = np.empty((width, width))
+    ring = np.empty((k, cols, cols))
+    for delta in deltas:
+        first = max(0, -delta)
+        stop = min(rows, rows - delta)
+        for t in range(first, stop + k - 1):
+            # Window sums along the columns for pixel rows (t, t + delta), into ring slot t % k.
+            for c1 in range(width):
+                for c2 in range(width):
+                    pixel[c1, c2] = abs(x[0, t, c1] - y[0, t + delta, c2])
+                for channel in range(1, channels):
+                    for c2 in range(width):
+                        pixel[c1, c2] += abs(x[channel, t, c1] - y[channel, t + delta, c2])
+            slot = ring[t % k]
+            for q1 in range(cols):
+                for q2 in range(cols):
+                    slot[q1, q2] = pixel[q1, q2]
+                for b in range(1, k):
+                    for q2 in range(cols):
+                        slot[q1, q2] += pixel[q1 + b, q2 + b]
+            r1 = t - k + 1
+            if r1 < first:
+                continue
+            r2 = r1 + delta
+            for q1 in range(cols):
+                row = out[r1 * cols + q1]
+                for q2 in range(cols):
+                    total = ring[0, q1, q2]
+                    for a in range(1, k):
+                        total += ring[a, q1, q2]
+                    row[r2 * cols + q2] = total
+
+
+_kernel = numba.njit(nogil=True, cache=True)(_diagonal_window_sums) if numba is not None else None
+
+
+def cost_matrix_torch(x: torch.Tensor, y: torch.Tensor, patch: int, stride: int = 1) -> torch.Tensor:
+    """The dense matrix with torch on x's device: batched (B, 3, H, W) pairs give (B, N, N)."""
+    batched = x.dim() == 4
+    xs, ys = (x, y) if batched else (x[None], y[None])
+    u = F.unfold(xs, patch, stride=stride).transpose(1, 2)
+    v = F.unfold(ys, patch, stride=stride).transpose(1, 2)
+    cost = torch.cdist(u, v, p=1).div_(u.shape[-1])
+    return cost if batched else cost[0]
+
+
+def cost_matrix(x: torch.Tensor, y: torch.Tensor, patch: int, stride: int = 1, threads: int = 1) -> np.ndarray:
+    """C[i, j] = mean |u_i - v_j| in float64 for two images (3, H, W), as a NumPy array."""
+    if _kernel is None or stride != 1 or x.device.type != "cpu":
+        return cost_matrix_torch(x.double(), y.double(), patch, stride).cpu().numpy()
+    xs = np.ascontiguousarray(x.detach().cpu().double().numpy())
+    ys = np.ascontiguousarray(y.detach().cpu().double().numpy())
+    rows = xs.shape[1] - patch + 1
+    count = rows * (xs.shape[2] - patch + 1)
+    out = np.empty((count, count))
+    deltas = np.arange(-(rows - 1), rows, dtype=np.int64)
+    if threads <= 1:
+        _kernel(xs, ys, patch, deltas, out)
+    else:
+        # Interleaved diagonals balance their different lengths; each thread writes its own entries.
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda part: _kernel(xs, ys, patch, deltas[part::threads], out), range(threads)))
+    out /= xs.shape[0] * patch * patch
+    return out
+
+
+def cpu_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
