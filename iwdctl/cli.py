@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
+import torch
 import typer
 from rich.table import Table
 
 from iwdctl.console import console, error_console, progress_bar
 from iwdctl.errors import IwdctlError
 from iwdctl.files import write_json_atomic
-from iwdctl.runtime import seed_everything
+from iwdctl.runtime import resolve_device, seed_everything
 
 app = typer.Typer(
     name="iwdctl",
@@ -29,6 +31,23 @@ WeightsOption = Annotated[Optional[str], typer.Option(help="ImageNet weights fil
 DeviceOption = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: CUDA when present).")]
 SeedOption = Annotated[int, typer.Option(help="Fixes every random choice.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+BatchSizeOption = Annotated[
+    Optional[int], typer.Option(help="Images per batch on the device (default: 16 on a CPU, 128 on a GPU).")
+]
+WorkersOption = Annotated[
+    Optional[int], typer.Option(help="Processes that decode and resize images ahead (default: up to 4).")
+]
+
+
+def _pipeline_sizes(batch_size: int | None, workers: int | None, device: torch.device) -> tuple[int, int]:
+    """--batch-size and --workers, checked, with defaults that suit the device."""
+    from iwdctl.budgets import require_at_least
+    from iwdctl.data import default_workers
+
+    require_at_least(batch_size, 1, "--batch-size")
+    require_at_least(workers, 0, "--workers")
+    default_batch = 128 if device.type == "cuda" else 16
+    return batch_size or default_batch, default_workers() if workers is None else workers
 
 
 @app.callback()
@@ -51,14 +70,18 @@ def eval_command(
         Optional[bool],
         typer.Option("--one-based/--zero-based", help="CSV labels count from 1 (default: 1 for NIPS17's TrueLabel)."),
     ] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Use the first N images.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    limit: Annotated[Optional[int], typer.Option(help="Use the first N images.")] = None,
+    batch_size: BatchSizeOption = None,
+    workers: WorkersOption = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write results as JSON.")] = None,
     attack: Annotated[
         Optional[str],
-        typer.Option(help="Robust accuracy under attacks, e.g. pgd10,fgsm,pgd20 (PGD-N: N steps of eps/4)."),
+        typer.Option(help="Robust accuracy under attacks, e.g. pgd10,fgsm,pgd20 (registry names; pgdN: N steps)."),
     ] = None,
-    eps: Annotated[str, typer.Option(help="Budget of the evaluation attacks (l-inf), e.g. 8/255.")] = "8/255",
+    eps: Annotated[str, typer.Option(help="Budget of the attacks that take one, e.g. 8/255 or 0.03.")] = "8/255",
+    generator: Annotated[
+        Optional[Path], typer.Option(help="IWDD checkpoint whose generator --attack iwda-amortised uses.")
+    ] = None,
     adv: Annotated[
         Optional[Path], typer.Option(help="Transfer: success rate of a folder written by `iwdctl attack`.")
     ] = None,
@@ -71,16 +94,26 @@ def eval_command(
 
     With no --data and no --adv: the top-5 classes of the embedded default image.
     """
-    from iwdctl.evaluate import clean_accuracy, labelled_samples, predict
+    from iwdctl.attacks import parse_spec
+    from iwdctl.budgets import parse_budget, require_at_least
+    from iwdctl.evaluate import clean_accuracy, labelled_samples, predict, robust_accuracy
     from iwdctl.images import default_image_path
     from iwdctl.models import load_classifier
 
+    require_at_least(limit, 1, "--limit")
+    budget = parse_budget(eps)
+    attack_names = [name.strip() for name in attack.split(",") if name.strip()] if attack else []
+    for name in attack_names:
+        parse_spec(name)  # reject unknown names before any work
+    target = resolve_device(device)
+    batch_size, workers = _pipeline_sizes(batch_size, workers, target)
     seed_everything(seed)
-    classifier = load_classifier(model, device=device, weights=weights)
+    classifier = load_classifier(model, device=target, weights=weights)
     if adv is not None:
         from iwdctl.evaluate import transfer_success
 
-        transfer = transfer_success(classifier, adv, model)
+        with progress_bar(quiet, unit="images") as progress:
+            transfer = transfer_success(classifier, adv, model, batch_size, workers, progress)
         table = Table(title=f"transfer of {adv} to {model}")
         for column in ("outputs", "success on source model", f"success on {model}"):
             table.add_column(column, justify="right")
@@ -117,16 +150,14 @@ def eval_command(
             )
         return
     samples = labelled_samples(classifier, data, str(labels) if labels else None, one_based, limit)
-    from iwdctl.evaluate import parse_fraction, robust_accuracy, robust_attack
-
-    attack_names = [name.strip() for name in attack.split(",") if name.strip()] if attack else []
-    budget = parse_fraction(eps)
-    for name in attack_names:
-        robust_attack(name, classifier, budget)  # reject unknown names before any work
-    with progress_bar(quiet) as progress:
-        result = clean_accuracy(classifier, samples, batch_size, progress, model, ", ".join(map(str, data)))
+    if len(samples) > 1:
+        classifier = classifier.batch_invariant()
+    with progress_bar(quiet, unit="images") as progress:
+        result = clean_accuracy(classifier, samples, batch_size, progress, model, ", ".join(map(str, data)), workers)
         for name in attack_names:
-            result.robust[name] = robust_accuracy(classifier, samples, name, budget, seed, batch_size, progress)
+            result.robust[name] = robust_accuracy(
+                classifier, samples, name, budget, seed, batch_size, progress, workers, generator=generator
+            )
     table = Table(title=f"{model}: {result.n} images" + (f", eps {eps}" if attack_names else ""))
     columns = ["model", "images", "top-1", "top-5", *attack_names, "seconds"]
     for column in columns:
@@ -236,7 +267,8 @@ def attack_command(
     ] = None,
     model: ModelOption = "efficientnet_lite0",
     method: Annotated[
-        str, typer.Option(help="iwda, iwda-fast, iwda-amortised, fgsm, pgd, pgd-l2, stadv, adef or eot.")
+        str,
+        typer.Option(help="iwda, iwda-fast, iwda-amortised, fgsm, pgd, pgd-l2, stadv, adef or eot; pgd20: 20 steps."),
     ] = "iwda-fast",
     target: Annotated[Optional[str], typer.Option(help="Targeted: class name, index or wnid.")] = None,
     targets_from: Annotated[
@@ -251,17 +283,24 @@ def attack_command(
     tau: Annotated[
         Optional[float], typer.Option(help="Weight of the classification loss (iwda, iwda-fast, stadv).")
     ] = None,
-    num: Annotated[int, typer.Option(min=1, help="Adversarial samples per image (diverse noise draws).")] = 1,
+    num: Annotated[int, typer.Option(help="Adversarial samples per image (diverse noise draws).")] = 1,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("adv"),
     preset: Annotated[Optional[str], typer.Option(help="iwda schedule: paper, cpu or quick.")] = None,
-    start_scale: Annotated[Optional[int], typer.Option(min=0, help="iwda: scale at which x is injected.")] = None,
+    start_scale: Annotated[Optional[int], typer.Option(help="iwda: scale at which x is injected.")] = None,
     generator: Annotated[
         Optional[Path],
         typer.Option(help="iwda: amortised attack, one forward pass of the generator in an IWDD checkpoint."),
     ] = None,
-    eps: Annotated[Optional[float], typer.Option(help="Budget of l_p attacks (fgsm, pgd, pgd-l2, eot).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Iterations (iterative attacks).")] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Attack the first N images.")] = None,
+    eps: Annotated[
+        Optional[str], typer.Option(help="Budget of l_p attacks (fgsm, pgd, pgd-l2, eot), e.g. 8/255 or 0.03.")
+    ] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Iterations (iterative attacks).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Attack the first N images.")] = None,
+    batch_size: BatchSizeOption = None,
+    workers: WorkersOption = None,
+    iwd: Annotated[
+        str, typer.Option(help="The report's IWD: exact, approx (entropic estimate with a bound) or none.")
+    ] = "exact",
     weights: WeightsOption = None,
     device: DeviceOption = None,
     seed: SeedOption = 0,
@@ -274,33 +313,44 @@ def attack_command(
     """
     from iwdctl.attacks import make_attack
     from iwdctl.attacks.runner import AttackSettings, collect_records, run_attack, summarize, write_report
+    from iwdctl.budgets import parse_budget, require_at_least, require_non_negative
     from iwdctl.data import discover
     from iwdctl.images import default_image_path
     from iwdctl.models import load_classifier
     from iwdctl.runtime import barrier, distributed_context
 
-    rank, world_size = distributed_context()
-    seed_everything(seed)
-    classifier = load_classifier(model, device=device, weights=weights)
+    require_non_negative(tau, "--tau")
+    for name, value, minimum in (("--num", num, 1), ("--steps", steps, 1), ("--limit", limit, 1)):
+        require_at_least(value, minimum, name)
+    require_at_least(start_scale, 0, "--start-scale")
+    budget = parse_budget(eps) if eps is not None else None
     if target is not None and targets_from is not None:
         raise IwdctlError("give either --target or --targets-from, not both")
-    target_index = classifier.classes.resolve(target) if target is not None else None
+    if generator is not None:
+        if method not in ("iwda", "iwda-amortised"):
+            raise IwdctlError("--generator goes with --method iwda (the amortised IWDA of an IWDD checkpoint)")
+        method = "iwda-amortised"
+    rank, world_size, target_device = distributed_context(resolve_device(device))
+    batch_size, workers = _pipeline_sizes(batch_size, workers, target_device)
+    settings = AttackSettings(method, num, seed, None, targets_from is not None, batch_size, workers, iwd)
+    settings.validate()
+    seed_everything(seed)
+    classifier = load_classifier(model, device=target_device, weights=weights)
     csv_path = targets_from or labels
     samples = discover(
         inputs or [default_image_path()], classifier.classes, str(csv_path) if csv_path else None, one_based
     )
     samples = samples[:limit] if limit else samples
-    if generator is not None:
-        if method not in ("iwda", "iwda-amortised"):
-            raise IwdctlError("--generator goes with --method iwda (the amortised IWDA of an IWDD checkpoint)")
-        method = "iwda-amortised"
-    options = {"tau": tau, "preset": preset, "start_scale": start_scale, "eps": eps, "generator": generator}
-    options["max_iter" if method == "adef" else "iterations" if method == "iwda" else "steps"] = steps
-    attack = make_attack(method, classifier, **options)
-    settings = AttackSettings(method, num, seed, target_index, targets_from is not None)
-    with progress_bar(quiet or rank > 0) as progress:
+    if target is not None:
+        settings = replace(settings, target=classifier.classes.resolve(target))
+    # Batch-invariant outputs for jobs of several images; a lone image is not padded (16x its cost).
+    victim = classifier.batch_invariant() if len(samples) > 1 else classifier
+    options = {"tau": tau, "preset": preset, "start_scale": start_scale, "eps": budget, "steps": steps}
+    options["generator"] = generator
+    attack = make_attack(method, victim, **options)
+    with progress_bar(quiet or rank > 0, unit="images") as progress:
         attack.progress = progress
-        run_attack(classifier, attack, samples, settings, out, progress, rank, world_size)
+        run_attack(victim, attack, samples, settings, out, progress, rank, world_size)
     barrier()
     if rank > 0:
         return
@@ -310,12 +360,13 @@ def attack_command(
     table = Table(title=f"{method} on {model}: {len(records)} images" + (" (targeted)" if summary["targeted"] else ""))
     for column in ("ASR", "mean l2", "mean l-inf", "mean IWD", "s / image"):
         table.add_column(column, justify="right")
+    mean_iwd = "-" if summary["mean_iwd"] is None else f"{summary['mean_iwd']:.5f}" + ("" if iwd == "exact" else " ≈")
     table.add_row(
         _fraction(summary["asr"]),
         f"{summary['mean_l2']:.3f}",
         f"{summary['mean_linf']:.4f}",
-        f"{summary['mean_iwd']:.5f}",
-        f"{summary['seconds_per_image']:.1f}",
+        mean_iwd,
+        f"{summary['seconds_per_image']:.2f}",
     )
     console.print(table)
     if len(records) <= 20:
@@ -329,7 +380,7 @@ def attack_command(
                 record["target"] or "-",
                 ", ".join(record["pred_after_all"]),
                 "yes" if record["success"] else "no",
-                f"{record['iwd']:.5f}",
+                "-" if record["iwd"] is None else f"{record['iwd']:.5f}",
             )
         console.print(detail)
     console.print(f"outputs in {out}/ (report.json, report.csv, grid.png)")
@@ -366,13 +417,16 @@ def defend_command(
     Writes OUT (safetensors with metadata), OUT's .state.pt (resumable) and .metrics.csv every epoch.
     Under torchrun: DDP over the processes, rank 0 writes.
     """
+    from iwdctl.budgets import parse_budget, require_non_negative
     from iwdctl.defend import TrainConfig, defend
-    from iwdctl.evaluate import parse_fraction
-    from iwdctl.runtime import distributed_context, resolve_device
+    from iwdctl.runtime import distributed_context
 
     if out.suffix != ".safetensors":
         raise IwdctlError(f"{out}: checkpoints are written as .safetensors")
-    rank, world_size = distributed_context()
+    for name, value in (("--lr", lr), ("--beta", beta), ("--tau", tau)):
+        require_non_negative(value, name)
+    budget = parse_budget(eps)
+    rank, world_size, target_device = distributed_context(resolve_device(device))
     seed_everything(seed)
     config = TrainConfig(
         data=str(data),
@@ -382,7 +436,7 @@ def defend_command(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
-        eps=parse_fraction(eps),
+        eps=budget,
         pgd_steps=pgd_steps,
         replays=replays,
         beta=beta,
@@ -402,7 +456,7 @@ def defend_command(
             )
 
     with progress_bar(quiet or rank > 0) as progress:
-        history = defend(config, resume, progress, on_epoch, rank, world_size, resolve_device(device))
+        history = defend(config, resume, progress, on_epoch, rank, world_size, target_device)
     if rank == 0:
         for metrics in history:
             table.add_row(
@@ -419,11 +473,24 @@ def defend_command(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning expected errors into one line on stderr and exit code 2."""
+    import click
+
+    # Usage errors (an unknown option, a value of the wrong type): typer >= 0.29 vendors click.
+    usage_errors = tuple(kind for kind in (getattr(typer, "TyperException", None), click.ClickException) if kind)
     arguments = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in arguments
     try:
-        # Click handles usage errors itself (message, exit code 2) and raises SystemExit.
-        app(args=arguments, prog_name="iwdctl")
+        code = app(args=arguments, prog_name="iwdctl", standalone_mode=False)
+    except usage_errors as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # the help was printed
+            return 0
+        if debug:
+            traceback.print_exc()
+        print(f"iwdctl: error: {error.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 2
+    except (typer.Abort, click.exceptions.Abort):
+        print("iwdctl: aborted", file=sys.stderr)
+        return 130
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else 0
     except (IwdctlError, OSError) as error:
@@ -432,4 +499,4 @@ def main(argv: list[str] | None = None) -> int:
         message = str(error) if isinstance(error, IwdctlError) else f"{type(error).__name__}: {error}"
         print(f"iwdctl: error: {message}", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0

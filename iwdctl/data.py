@@ -191,7 +191,24 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def batches(
-    dataset: ImageDataset, batch_size: int, workers: int = 0
+    dataset: torch.utils.data.Dataset, batch_size: int, workers: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    """(images, labels, indices) in dataset order; `workers` processes decode and resize ahead of the
+    consumer (two batches each), so the device does not wait for disk."""
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        prefetch_factor=2 if workers else None,
+        persistent_workers=False,
+    )
     yield from loader
+
+
+def default_workers() -> int:
+    """Decoding processes for a DataLoader: up to 4, leaving a core to the main process."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores - 1))

@@ -1,18 +1,24 @@
-"""`iwdctl eval`: clean top-1 / top-5 accuracy of a classifier on a labelled dataset."""
+"""`iwdctl eval`: clean top-1 / top-5 accuracy, robust accuracy under attacks, and transfer success,
+all through the same batched pipeline as `iwdctl attack` (DataLoader workers decode; the device
+classifies and attacks whole batches)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from iwdctl.attacks.base import Attack
+from iwdctl.attacks import make_attack
+from iwdctl.criteria import Misclassification
 from iwdctl.data import ImageDataset, Sample, batches, discover
 from iwdctl.errors import InputError
-from iwdctl.images import preprocess
+from iwdctl.images import load_image, preprocess
 from iwdctl.models import ImageClassifier
 from iwdctl.runtime import ProgressCallback, no_progress
 
@@ -48,7 +54,7 @@ def labelled_samples(
     one_based: bool | None = None,
     limit: int | None = None,
 ) -> list[Sample]:
-    samples = [sample for sample in discover(data, model.classes, labels_csv, one_based)]
+    samples = list(discover(data, model.classes, labels_csv, one_based))
     if any(sample.label is None for sample in samples):
         raise InputError("evaluation needs labels: class folders or a CSV with a label column (--labels)")
     return samples[:limit] if limit else samples
@@ -62,6 +68,7 @@ def clean_accuracy(
     progress: ProgressCallback = no_progress,
     model_name: str = "",
     data_name: str = "",
+    workers: int = 0,
 ) -> EvalResult:
     """Top-1 and top-5 accuracy (fractions) on `samples`."""
     start = time.perf_counter()
@@ -69,7 +76,7 @@ def clean_accuracy(
     top1 = top5 = done = 0
     k = min(5, model.num_classes)
     progress(0, len(dataset), "clean")
-    for images, labels, _ in batches(dataset, batch_size):
+    for images, labels, _ in batches(dataset, batch_size, workers):
         logits = model(images.to(model.device))
         labels = labels.to(model.device)
         ranked = logits.topk(k, dim=1).indices
@@ -93,54 +100,34 @@ def predict(model: ImageClassifier, samples: Sequence[Sample], batch_size: int =
     return predictions
 
 
-def parse_fraction(text: str) -> float:
-    """'8/255' or '0.03' -> float."""
-    try:
-        if "/" in text:
-            numerator, denominator = text.split("/", 1)
-            return float(numerator) / float(denominator)
-        return float(text)
-    except (ValueError, ZeroDivisionError) as error:
-        raise InputError(f"not a number or fraction: {text!r}") from error
-
-
-def robust_attack(name: str, model: ImageClassifier, eps: float, random_start: bool = True) -> Attack:
-    """Evaluation attacks by name: fgsm, pgdN (N steps of eps/4, random start), e.g. pgd10, pgd20."""
-    from iwdctl.attacks import FGSM, PGD
-
-    if name == "fgsm":
-        return FGSM(model, eps)
-    if name.startswith("pgd") and name[3:].isdigit() and int(name[3:]) > 0:
-        return PGD(model, eps, eps / 4, int(name[3:]), random_start=random_start)
-    raise InputError(f"unknown evaluation attack {name!r}; use fgsm or pgdN (pgd10, pgd20, ...)")
-
-
 def robust_accuracy(
     model: ImageClassifier,
     samples: Sequence[Sample],
-    attack_name: str,
-    eps: float,
+    spec: str,
+    eps: float | None = None,
     seed: int = 0,
     batch_size: int = 64,
     progress: ProgressCallback = no_progress,
-    random_start: bool = True,
+    workers: int = 0,
+    **options: Any,
 ) -> float:
-    """Accuracy on adversarial examples of every sample (each image seeded by its key)."""
+    """Accuracy on adversarial examples of every sample, the attack named by `spec` (the registry's:
+    pgd10, fgsm, pgd-l2, iwda-fast, ...); `eps` goes to attacks with a budget. Each image is seeded
+    by its key, as in `iwdctl attack`."""
     from iwdctl.attacks.runner import sample_seed
-    from iwdctl.criteria import Misclassification
 
-    attack = robust_attack(attack_name, model, eps, random_start)
+    attack = make_attack(spec, model, strict=False, eps=eps, **options)
     dataset = ImageDataset(samples, model.input_size, model.crop_pct)
     correct = done = 0
-    progress(0, len(dataset), attack_name)
-    for images, labels, indices in batches(dataset, batch_size):
+    progress(0, len(dataset), spec)
+    for images, labels, indices in batches(dataset, batch_size, workers):
         labels = labels.to(model.device)
         seeds = [sample_seed(seed, samples[int(index)].key, 0) for index in indices]
         adversarial = attack(images, Misclassification(labels), seeds)
         with torch.no_grad():
             correct += (model(adversarial).argmax(1) == labels).sum().item()
         done += len(labels)
-        progress(done, len(dataset), attack_name)
+        progress(done, len(dataset), spec)
     return correct / done
 
 
@@ -153,32 +140,69 @@ class TransferResult:
     source_success_rate: float
 
 
+class _OutputImages(torch.utils.data.Dataset):
+    """The PNGs listed in an attack report, at the classifier's input size, with what they aim for."""
+
+    def __init__(self, folder: Path, records: list[dict[str, Any]], model: ImageClassifier) -> None:
+        self.folder, self.model = folder, model
+        self.items = []
+        for record in records:
+            label = model.classes.resolve(record["label"])
+            target = model.classes.resolve(record["target"]) if record.get("target") else -1
+            for output, source_ok in zip(record["outputs"], record["samples_success"]):
+                self.items.append((output, label, target, bool(source_ok)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        output, label, target, source_ok = self.items[index]
+        image = preprocess(load_image(self.folder / output), self.model.input_size, self.model.crop_pct)
+        return image, torch.tensor([label, target, int(source_ok)]), index
+
+
 @torch.no_grad()
-def transfer_success(model: ImageClassifier, folder: str | os.PathLike[str], model_name: str = "") -> TransferResult:
+def transfer_success(
+    model: ImageClassifier,
+    folder: str | os.PathLike[str],
+    model_name: str = "",
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: ProgressCallback = no_progress,
+) -> TransferResult:
     """Success rate against `model` of the adversarial PNGs in a folder written by `iwdctl attack`."""
-    import json
-    from pathlib import Path
-
-    from iwdctl.images import load_image
-
-    report_path = Path(folder) / "report.json"
+    folder = Path(folder)
+    report_path = folder / "report.json"
     if not report_path.is_file():
         raise InputError(f"{folder}: no report.json (a folder written by `iwdctl attack`)")
     try:
         records = json.loads(report_path.read_text())["images"]
     except (ValueError, KeyError) as error:
         raise InputError(f"{report_path}: not an attack report") from error
-    hits = total = source_hits = 0
-    for record in records:
-        label = model.classes.resolve(record["label"])
-        target = model.classes.resolve(record["target"]) if record.get("target") else None
-        for output, source_ok in zip(record["outputs"], record["samples_success"]):
-            image = load_image(Path(folder) / output)
-            image = preprocess(image, model.input_size, model.crop_pct)
-            predicted = int(model(image[None].to(model.device)).argmax(1))
-            hits += predicted == target if target is not None else predicted != label
-            source_hits += bool(source_ok)
-            total += 1
-    if total == 0:
+    dataset = _OutputImages(folder, records, model)
+    if len(dataset) == 0:
         raise InputError(f"{folder}: the report lists no outputs")
-    return TransferResult(model_name or model.arch, str(folder), total, hits / total, source_hits / total)
+    hits = source_hits = done = 0
+    progress(0, len(dataset), "transfer")
+    for images, meta, _ in batches(dataset, batch_size, workers):
+        predicted = model(images.to(model.device)).argmax(1).cpu()
+        label, target, source_ok = meta[:, 0], meta[:, 1], meta[:, 2]
+        targeted = target >= 0
+        hit = torch.where(targeted, predicted == target, predicted != label)
+        hits += int(hit.sum())
+        source_hits += int(source_ok.sum())
+        done += len(images)
+        progress(done, len(dataset), "transfer")
+    return TransferResult(model_name or model.arch, str(folder), done, hits / done, source_hits / done)
+
+
+__all__ = [
+    "EvalResult",
+    "Prediction",
+    "TransferResult",
+    "clean_accuracy",
+    "labelled_samples",
+    "predict",
+    "robust_accuracy",
+    "transfer_success",
+]

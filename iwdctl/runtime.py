@@ -32,8 +32,12 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise InputError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from error
+    if resolved.type not in ("cpu", "cuda"):
+        raise InputError(f"unsupported device {device!r} (use cpu, cuda or cuda:N)")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} asked for, but CUDA is not available here")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
     return resolved
 
 
@@ -54,19 +58,25 @@ def cache_dir() -> str:
     return root
 
 
-def distributed_context() -> tuple[int, int]:
-    """(rank, world size): under torchrun, join the process group (gloo on CPU, nccl on CUDA)."""
+def distributed_context(device: torch.device | None = None) -> tuple[int, int, torch.device]:
+    """(rank, world size, this process's device): under torchrun, join the process group.
+
+    On CUDA with a GPU per process, each rank takes GPU LOCAL_RANK and nccl; otherwise (CPU, or more
+    processes than GPUs) gloo, and CUDA runs share the device they were given.
+    """
+    device = device or resolve_device(None)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return 0, 1
+        return 0, 1, device
     import torch.distributed as dist
 
+    one_gpu_each = device.type == "cuda" and torch.cuda.device_count() >= world_size
+    if one_gpu_each:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return dist.get_rank(), dist.get_world_size()
+        dist.init_process_group("nccl" if one_gpu_each else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def barrier() -> None:

@@ -12,6 +12,8 @@ from iwdctl.criteria import Misclassification, TargetedMisclassification
 from iwdctl.data import Sample
 from iwdctl.images import load_image, save_png
 
+from .conftest import shared_data
+
 # Test budgets: the tiny model is underfit and smooth, so l_p attacks get twice the paper's budget,
 # and the slow attacks get fewer steps; the test checks that each attack works, not a paper figure.
 FAST_OPTIONS = {
@@ -19,9 +21,9 @@ FAST_OPTIONS = {
     "pgd": {"eps": 16 / 255},
     "pgd-l2": {"eps": 2.0},
     "eot": {"samples": 4, "eps": 16 / 255},
-    "adef": {"max_iter": 20},
+    "adef": {"steps": 20},
     "stadv": {"steps": 100, "tau": 0.0005, "lr": 0.2},
-    "iwda": {"preset": "quick", "iterations": 8},
+    "iwda": {"preset": "quick", "steps": 8},
     "iwda-fast": {"steps": 60, "lr": 1 / 255},
 }
 # Deformations of a few pixels move 32x32 images little: stAdv, ADef (targeted) and the 8-iteration
@@ -80,29 +82,46 @@ def test_targeted_attacks_reach_the_target(tiny_model, tiny_batch, name):
     assert hit >= MINIMUM_TARGETED.get(name, 0.75), hit
 
 
-@pytest.mark.parametrize("name", ["pgd", "iwda-fast", "eot"])
+@pytest.mark.parametrize("name", ["pgd", "iwda-fast", "eot", "fgsm", "pgd-l2"])
 def test_batch_equals_one_by_one(tiny_model, tiny_batch, name):
+    """With a batch-invariant classifier, an image's result is bitwise the same alone or in a batch."""
     images, labels = tiny_batch
-    images, labels = images[:4], labels[:4]
-    attack = make_attack(name, tiny_model, **FAST_OPTIONS.get(name, {}))
-    seeds = [11, 12, 13, 14]
+    images, labels = images[:5], labels[:5]
+    attack = make_attack(name, tiny_model.batch_invariant(), **FAST_OPTIONS.get(name, {}))
+    seeds = [11, 12, 13, 14, 15]
     batched = attack(images, Misclassification(labels), seeds)
     single = torch.cat(
-        [attack(images[i : i + 1], Misclassification(labels[i : i + 1]), seeds[i : i + 1]) for i in range(4)]
+        [attack(images[i : i + 1], Misclassification(labels[i : i + 1]), seeds[i : i + 1]) for i in range(5)]
     )
-    # Batched convolutions differ from single ones in the last float bits, which can flip the sign of
-    # a near-zero gradient or an 8-bit rounding: the images agree closely rather than bitwise.
-    assert (batched - single).abs().mean() < 2e-3
-    again = attack(images, Misclassification(labels), seeds)
-    assert torch.equal(batched, again), "same seed, same output"
+    assert torch.equal(batched, single)
+    pairs = torch.cat([attack(images[i : i + 2], Misclassification(labels[i : i + 2]), seeds[i : i + 2]) for i in (0, 2)])
+    assert torch.equal(batched[:4], pairs)
 
 
 def test_diverse_samples_differ(tiny_model, tiny_batch):
     images, labels = tiny_batch
     attack = make_attack("iwda-fast", tiny_model, **FAST_OPTIONS["iwda-fast"])
-    samples = attack.generate(images[0], Misclassification(labels[:1]), [1, 2, 3])
-    assert samples.shape == (3, 3, 32, 32)
-    assert not torch.equal(samples[1], samples[2])
+    samples = attack.sample(images[:2], Misclassification(labels[:2]), [[1, 2, 3], [4, 5, 6]])
+    assert samples.shape == (2, 3, 3, 32, 32)
+    assert not torch.equal(samples[0, 1], samples[0, 2])
+    alone = attack.sample(images[1:2], Misclassification(labels[1:2]), [[4, 5, 6]])
+    assert torch.allclose(alone[0], samples[1], atol=2 / 255)
+
+
+def test_specs_name_registry_attacks_with_steps(tiny_model):
+    from iwdctl.attacks import parse_spec
+    from iwdctl.errors import InputError
+
+    assert parse_spec("pgd20") == ("pgd", {"steps": 20}) and parse_spec("PGD") == ("pgd", {})
+    assert parse_spec("pgd-l2") == ("pgd-l2", {}) and parse_spec("pgd-l25") == ("pgd-l2", {"steps": 5})
+    attack = make_attack("pgd20", tiny_model, eps=4 / 255)
+    assert (attack.steps, attack.eps, attack.alpha) == (20, 4 / 255, 1 / 255)
+    for bad in ("pgdx", "fgsm3", "pgd0", "magic"):
+        with pytest.raises(InputError):
+            parse_spec(bad)
+    with pytest.raises(InputError, match="does not take"):
+        make_attack("iwda-fast", tiny_model, eps=0.1)
+    assert make_attack("iwda-fast", tiny_model, strict=False, eps=0.1).name == "iwda-fast"
 
 
 def test_runner_writes_verified_pngs_report_and_resumes(tiny_model, tiny_batch, tmp_path):
@@ -112,7 +131,7 @@ def test_runner_writes_verified_pngs_report_and_resumes(tiny_model, tiny_batch, 
         save_png(images[index], tmp_path / "in" / f"img{index}.png")
         samples.append(Sample(tmp_path / "in" / f"img{index}.png", f"img{index}", int(labels[index])))
     attack = make_attack("iwda-fast", tiny_model, **FAST_OPTIONS["iwda-fast"])
-    settings = AttackSettings("iwda-fast", num=2, seed=3)
+    settings = AttackSettings("iwda-fast", num=2, seed=3, batch_size=4)
     records = run_attack(tiny_model, attack, samples, settings, tmp_path / "out")
     assert [r["outputs"] for r in records][0] == ["img0_adv0.png", "img0_adv1.png"]
     for record in records:
@@ -123,13 +142,33 @@ def test_runner_writes_verified_pngs_report_and_resumes(tiny_model, tiny_batch, 
             assert (predicted != record["label_index"]) == ok
         assert record["iwd"] >= 0 and record["l2"] > 0
     calls = []
-    original_generate = attack.generate
-    attack.generate = lambda *args: calls.append(1) or original_generate(*args)
+    original_sample = attack.sample
+    attack.sample = lambda images, *args: calls.append(len(images)) or original_sample(images, *args)
     again = run_attack(tiny_model, attack, samples, settings, tmp_path / "out")
     assert calls == [] and json.dumps(again) == json.dumps(records)
     (tmp_path / "out" / "img1_adv1.png").unlink()  # a half-finished image is redone
     run_attack(tiny_model, attack, samples, settings, tmp_path / "out")
-    assert len(calls) == 1 and (tmp_path / "out" / "img1_adv1.png").exists()
+    assert calls == [1] and (tmp_path / "out" / "img1_adv1.png").exists()
+
+
+@pytest.mark.parametrize("method", ["pgd", "iwda-fast"])
+def test_outputs_do_not_depend_on_batch_size_or_workers(tiny_model, tmp_path, method):
+    """The same images attacked with batch sizes 1, 3 and 16 and 0 or 2 loader workers give the same bytes."""
+    from iwdctl.data import discover
+
+    samples = discover([shared_data("tiny6", "val")], tiny_model.classes)[::25][:9]
+    victim = tiny_model.batch_invariant()
+    attack = make_attack(method, victim, **FAST_OPTIONS[method])
+    outputs = {}
+    for batch_size, workers in ((1, 0), (3, 2), (16, 0)):
+        out = tmp_path / f"b{batch_size}w{workers}"
+        settings = AttackSettings(method, num=2, seed=1, batch_size=batch_size, workers=workers, iwd="none")
+        run_attack(victim, attack, samples, settings, out)
+        outputs[out.name] = {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("*.png"))}
+    first, *others = outputs.values()
+    assert len(first) == 18
+    for other in others:
+        assert other == first
 
 
 def test_critic_scores_see_a_global_colour_shift():

@@ -63,7 +63,7 @@ class KilledError(Exception):
 def test_kill_and_resume_matches_an_uninterrupted_run(mini_data, tmp_path, method):
     config = _config(mini_data, tmp_path / "a.safetensors", method, epochs=8 if method == "free" else 2)
     defend(config)
-    reference = load_classifier(config.out)
+    reference = load_classifier(config.out, device="cpu")
 
     interrupted = _config(mini_data, tmp_path / "b.safetensors", method, epochs=config.epochs, save_every=1)
 
@@ -75,14 +75,14 @@ def test_kill_and_resume_matches_an_uninterrupted_run(mini_data, tmp_path, metho
         defend(interrupted, progress=kill_after_four_steps)
     assert not (tmp_path / "b.safetensors").exists() or method == "free"
     defend(interrupted, resume=True)
-    resumed = load_classifier(interrupted.out)
+    resumed = load_classifier(interrupted.out, device="cpu")
     for (name, expected), actual in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(expected, actual, atol=1e-6), name
 
 
 def test_pgd10_accuracy_equals_torchattacks(mini_data, tmp_path):
     defend(_config(mini_data, tmp_path / "m.safetensors"))
-    model = load_classifier(tmp_path / "m.safetensors")
+    model = load_classifier(tmp_path / "m.safetensors", device="cpu")  # torchattacks' reference runs there
     from iwdctl.data import discover
     from iwdctl.evaluate import ImageDataset
 
@@ -154,11 +154,13 @@ def test_two_process_ddp_matches_one_process(mini_data, tmp_path):
         "0.05",
         "--out",
         str(double),
+        "--device",
+        "cpu",
         "-q",
         processes=2,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    one, two = load_classifier(single), load_classifier(double)
+    one, two = load_classifier(single, device="cpu"), load_classifier(double, device="cpu")
     # Same global batches and averaged gradients; only BatchNorm's batch statistics are per process.
     for (name, a), b in zip(one.network.named_parameters(), two.network.parameters()):
         assert torch.allclose(a, b, atol=0.05, rtol=0.1), name
@@ -223,7 +225,7 @@ def test_amortised_iwda_takes_the_generator_of_an_iwdd_checkpoint(mini_data, tmp
 def test_sharded_attack_merges_the_report_of_one_process(mini_data, tmp_path):
     checkpoint = tmp_path / "natural.safetensors"
     defend(_config(mini_data, checkpoint, epochs=1))
-    arguments = ["attack", str(mini_data / "val"), "--model", str(checkpoint), "--method", "pgd", "--steps", "3"]
+    arguments = ["attack", str(mini_data / "val"), "--model", str(checkpoint), "--method", "pgd3", "--device", "cpu"]
     for name, processes in (("one", 1), ("two", 2)):
         result = _iwdctl(*arguments, "--out", str(tmp_path / name), "-q", processes=processes)
         assert result.returncode == 0, result.stderr[-2000:]
@@ -238,13 +240,14 @@ def test_sharded_attack_merges_the_report_of_one_process(mini_data, tmp_path):
 
 GAN_WORKER = """
 import sys
+import torch
 from safetensors.torch import save_file
 from iwdctl.defend import TrainConfig, Trainer
 from iwdctl.runtime import distributed_context
 
 
 def main() -> None:
-    rank, world_size = distributed_context()
+    rank, world_size, _ = distributed_context(torch.device("cpu"))
     config = TrainConfig(data=sys.argv[1], out=sys.argv[2], method="iwdd", arch="small_cnn", epochs=1, batch_size=16)
     trainer = Trainer(config, rank, world_size)
     trainer.fit()

@@ -34,7 +34,7 @@ class ADef(Attack):
     other classes, or the target), solves for the smallest Gaussian-smoothed vector field that
     closes the gap, keeps the candidate with the smallest field and adds it. Once adversarial the
     total field is scaled by `overshoot` (kept only if still adversarial).
-    Defaults: sigma = 1.0 pixel, candidates = 5, max_iter = 50, overshoot = 1.2.
+    Defaults: sigma = 1.0 pixel, candidates = 5, steps = 50 (iterations), overshoot = 1.2.
     """
 
     name = "adef"
@@ -45,17 +45,17 @@ class ADef(Attack):
         model: ImageClassifier,
         sigma: float = 1.0,
         candidates: int = 5,
-        max_iter: int = 50,
+        steps: int = 50,
         overshoot: float = 1.2,
     ) -> None:
         super().__init__(model)
-        self.sigma, self.candidates, self.max_iter, self.overshoot = sigma, candidates, max_iter, overshoot
+        self.sigma, self.candidates, self.steps, self.overshoot = sigma, candidates, steps, overshoot
 
     def forward(self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]) -> torch.Tensor:
         count = len(images)
         field = torch.zeros(count, 2, *images.shape[2:], device=self.device)
         done = torch.zeros(count, dtype=torch.bool, device=self.device)
-        for _ in range(self.max_iter):
+        for _ in range(self.steps):
             current = warp(images, field).detach().requires_grad_(True)
             logits = self.model(current)
             done = done | criterion.is_adversarial(logits.detach())

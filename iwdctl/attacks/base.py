@@ -4,7 +4,7 @@ plumbing, so each attack only implements `forward`."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -18,7 +18,8 @@ class Attack(ABC):
     """Base class. Call `attack(images, criterion, seeds)` with images (N, 3, H, W) in [0, 1].
 
     `seeds` gives each image its own random generator, so an image's result does not depend on
-    the batch it was attacked in. Inputs are never modified; the result is detached, in [0, 1].
+    the batch it was attacked in (with a batch-invariant classifier: ImageClassifier.batch_invariant).
+    Inputs are never modified; the result is detached, in [0, 1]. `sample` draws K examples per image.
     """
 
     name: ClassVar[str]
@@ -34,24 +35,30 @@ class Attack(ABC):
 
     def __call__(self, images: torch.Tensor, criterion: Criterion, seeds: Sequence[int] | None = None) -> torch.Tensor:
         images = images.detach().to(self.device).clone()
-        generators = [
-            torch.Generator().manual_seed(int(seed)) for seed in (seeds if seeds is not None else range(len(images)))
-        ]
+        return self._run(lambda generators: self.forward(images, criterion, generators), seeds or range(len(images)))
+
+    def sample(self, images: torch.Tensor, criterion: Criterion, seeds: Sequence[Sequence[int]]) -> torch.Tensor:
+        """K examples of each of B images: `seeds[b][k]` seeds example k of image b; `criterion` holds
+        the B images' labels or targets. Returns (B, K, 3, H, W). By default the K examples are K
+        independent runs (they differ where the attack draws random numbers); attacks with a notion of
+        diverse samples (iwda, iwda-fast) override this."""
+        count = len(seeds[0])
+        rows = torch.arange(len(images), device=self.device).repeat_interleave(count)
+        flat = [seed for image_seeds in seeds for seed in image_seeds]
+        result = self(images.to(self.device)[rows], criterion.select(rows), flat)
+        return result.view(len(images), count, *images.shape[1:])
+
+    def _run(self, attack: Callable[[list[torch.Generator]], torch.Tensor], seeds: Sequence[int]) -> torch.Tensor:
+        """Run `attack(generators)` in eval mode with gradients on; restore the model's mode after."""
+        generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
         training = self.model.training
         self.model.eval()
         try:
             with torch.enable_grad():
-                adversarial = self.forward(images, criterion, generators)
+                adversarial = attack(generators)
         finally:
             self.model.train(training)
         return adversarial.detach().clamp(0, 1)
-
-    def generate(self, image: torch.Tensor, criterion: Criterion, seeds: Sequence[int]) -> torch.Tensor:
-        """K = len(seeds) adversarial examples of one image (3, H, W); `criterion` is for that one image."""
-        count = len(seeds)
-        return self(
-            image[None].expand(count, -1, -1, -1), criterion.select(torch.zeros(count, dtype=torch.long)), seeds
-        )
 
     @abstractmethod
     def forward(
@@ -59,12 +66,14 @@ class Attack(ABC):
     ) -> torch.Tensor: ...
 
     def loss_gradient(self, images: torch.Tensor, criterion: Criterion) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits, and the gradient of the mean per-sample loss with respect to the images."""
+        """Logits, and the gradient of the summed per-sample loss with respect to the images."""
         images = images.detach().requires_grad_(True)
         logits = self.model(images)
         loss = criterion.loss(logits)
-        # The mean (not the sum), as torchattacks does, so both compute bitwise the same gradient.
-        (gradient,) = torch.autograd.grad(loss.mean(), images)
+        # The sum, not torchattacks' mean: a 1/N factor would make an image's gradient (rounding, and so
+        # the sign of near-zero components) depend on how many images share its batch. For batches of
+        # a power of two the two are exactly proportional, so signed steps agree bitwise.
+        (gradient,) = torch.autograd.grad(loss.sum(), images)
         return logits.detach(), gradient
 
     def uniform(self, generators: list[torch.Generator], shape: Sequence[int], low: float, high: float) -> torch.Tensor:

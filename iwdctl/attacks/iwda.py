@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -137,7 +138,7 @@ class IWDA(Attack):
     coarsest generator re-arrange the image freely. K samples come from K noise draws of one trained
     pyramid; up to `draws_per_sample` draws are tried per sample to find adversarial ones.
     Defaults: tau = 0.1, alpha = 10, lambda = 0.1, kappa = 1.0, preset "cpu" (see PRESETS), start_scale
-    from the preset.
+    from the preset, steps (iterations per scale) from the preset.
     """
 
     name = "iwda"
@@ -149,7 +150,7 @@ class IWDA(Attack):
         tau: float = 0.1,
         preset: str = "cpu",
         start_scale: int | None = None,
-        iterations: int | None = None,
+        steps: int | None = None,
         alpha: float = 10.0,
         gp_weight: float = 0.1,
         lr: float = 5e-4,
@@ -162,7 +163,7 @@ class IWDA(Attack):
         self.preset = PRESETS[preset]
         self.tau, self.alpha, self.gp_weight, self.lr = tau, alpha, gp_weight, lr
         self.start_scale = start_scale
-        self.iterations = iterations or self.preset.iterations
+        self.iterations = steps or self.preset.iterations  # per scale
         self.draws_per_sample = draws_per_sample
         self.kappa = kappa
 
@@ -189,18 +190,20 @@ class IWDA(Attack):
             )
         return torch.cat(results)
 
-    def generate(self, image: torch.Tensor, criterion: Criterion, seeds: list[int]) -> torch.Tensor:
-        """K = len(seeds) samples of one trained pyramid (the GAN is trained once per image)."""
-        image = image.detach().to(self.device)[None]
-        generator = torch.Generator().manual_seed(int(seeds[0]))
-        training = self.model.training
-        self.model.eval()
-        try:
-            with torch.enable_grad():
-                pyramid = self.train(image, criterion, generator)
-            return pyramid.sample(len(seeds), criterion, generator, self.draws_per_sample).detach()
-        finally:
-            self.model.train(training)
+    def sample(self, images: torch.Tensor, criterion: Criterion, seeds: Sequence[Sequence[int]]) -> torch.Tensor:
+        """K samples of each image from K noise draws of one pyramid, trained once per image."""
+        results = []
+        for index, image_seeds in enumerate(seeds):
+            generator = torch.Generator().manual_seed(int(image_seeds[0]))
+            image_criterion = criterion.select(slice(index, index + 1))
+            image = images[index : index + 1].detach().to(self.device)
+
+            def draw(_: list[torch.Generator], image=image, image_criterion=image_criterion, generator=generator):
+                pyramid = self.train(image, image_criterion, generator)
+                return pyramid.sample(len(seeds[0]), image_criterion, generator, self.draws_per_sample)
+
+            results.append(self._run(draw, []))
+        return torch.stack(results)
 
     def train(self, image: torch.Tensor, criterion: Criterion, generator: torch.Generator) -> TrainedPyramid:
         sizes = pyramid_sizes(*image.shape[-2:])

@@ -20,7 +20,7 @@ class IWDAFast(Attack):
     tau * L_c(h(x~)) + SW(x, x~), where L_c = max(-margin, -kappa) is a margin loss of the criterion
     and SW the sliced 1-Wasserstein distance between the k x k patch distributions of x and x~ over a
     3-level pyramid, with random projections redrawn every step. Sample 0 starts from x; the others
-    (`generate` with K > 1) from x translated by up to `shift` pixels plus small noise, which gives diverse
+    (`sample` with K > 1) from x translated by up to `shift` pixels plus small noise, which gives diverse
     examples of small IWD. Each image stops as soon as its 8-bit rounding is adversarial with a
     logit margin of at least `kappa` under the model's own preprocessing and, with `loader_views`,
     under every other common way of loading the saved PNG into the same network (for
@@ -49,20 +49,25 @@ class IWDAFast(Attack):
         self.tau, self.kappa, self.steps, self.lr = tau, kappa, steps, lr
         self.patch, self.projections, self.shift = patch, projections, shift
         self.loader_views = loader_views
-        self._diversify_from = -1
 
-    def generate(self, image: torch.Tensor, criterion: Criterion, seeds: Sequence[int]) -> torch.Tensor:
-        """K samples of one image: the first starts from x, the others from diversified starts."""
-        self._diversify_from = 1
-        try:
-            return super().generate(image, criterion, seeds)
-        finally:
-            self._diversify_from = -1
+    def sample(self, images: torch.Tensor, criterion: Criterion, seeds: Sequence[Sequence[int]]) -> torch.Tensor:
+        """K samples of each image: the first starts from x, the others from shifted, noisy copies."""
+        count = len(seeds[0])
+        rows = torch.arange(len(images), device=self.device).repeat_interleave(count)
+        expanded = images.detach().to(self.device)[rows]
+        shifted = [index > 0 for _ in seeds for index in range(count)]
 
-    def _starts(self, images: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        def run(generators: list[torch.Generator]) -> torch.Tensor:
+            starts = self._starts(expanded, generators, shifted)
+            return self._optimize(expanded, starts, criterion.select(rows), generators)
+
+        flat = [seed for image_seeds in seeds for seed in image_seeds]
+        return self._run(run, flat).view(len(images), count, *images.shape[1:])
+
+    def _starts(self, images: torch.Tensor, generators: list[torch.Generator], shifted: list[bool]) -> torch.Tensor:
         starts = []
-        for row, (image, generator) in enumerate(zip(images, generators)):
-            if self._diversify_from < 0 or row < self._diversify_from:
+        for image, generator, moved in zip(images, generators, shifted):
+            if not moved:
                 starts.append(image.clone())
                 continue
             dy, dx = (torch.randint(-self.shift, self.shift + 1, (2,), generator=generator)).tolist()
@@ -80,7 +85,12 @@ class IWDAFast(Attack):
         return torch.stack([criterion.margin(view) for view in logits]).amin(dim=0)
 
     def forward(self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]) -> torch.Tensor:
-        current = self._starts(images, generators)
+        return self._optimize(images, images.clone(), criterion, generators)
+
+    def _optimize(
+        self, images: torch.Tensor, current: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]
+    ) -> torch.Tensor:
+        """Optimize each row from its start `current` (see the class docstring)."""
         result = quantize(current)
         active = torch.ones(len(images), dtype=torch.bool, device=self.device)
         variable = current.clone().requires_grad_(True)

@@ -12,7 +12,8 @@ class PGD(Attack):
 
     Distance: l-inf. `steps` signed-gradient steps of size `alpha`, each projected onto the eps-ball
     around x and onto [0, 1]; optional uniform random start in the ball.
-    Defaults: eps = 8/255, alpha = 2/255, steps = 10, random_start = True (PGD-10 uses alpha = eps/4).
+    Defaults: eps = 8/255, alpha = eps / 4 (2/255), steps = 10, random_start = True: PGD-10, the
+    robustness evaluation of Madry et al. (`pgd20` in a spec: 20 steps).
     """
 
     name = "pgd"
@@ -22,12 +23,12 @@ class PGD(Attack):
         self,
         model: ImageClassifier,
         eps: float = 8 / 255,
-        alpha: float = 2 / 255,
+        alpha: float | None = None,
         steps: int = 10,
         random_start: bool = True,
     ) -> None:
         super().__init__(model)
-        self.eps, self.alpha, self.steps, self.random_start = eps, alpha, steps, random_start
+        self.eps, self.alpha, self.steps, self.random_start = eps, alpha or eps / 4, steps, random_start
 
     def forward(self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]) -> torch.Tensor:
         adversarial = images.clone()

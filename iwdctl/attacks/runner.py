@@ -1,25 +1,38 @@
-"""`iwdctl attack`: run one attack over images, save PNGs at the classifier's input resolution,
-verify them by re-reading the files, and write a report. Resumable and shardable with torchrun."""
+"""`iwdctl attack`: attack batches of images, save PNGs at the classifier's input resolution, verify
+them by re-reading the files, and write a report. Resumable per image and shardable with torchrun.
+
+The device only attacks and classifies. A DataLoader's worker processes decode and resize the next
+batches; a pool of writer threads saves each image's PNGs, re-reads them, measures IWD (numba,
+without the GIL) and writes the image's record while the next batch is attacked. Each image and
+sample draws from its own seeded generator and the classifier pads batches to a fixed granule
+(ImageClassifier.batch_invariant), so the output bytes do not depend on the batch size, the number
+of workers or the sharding.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import statistics
 import time
 import zlib
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from iwdctl.attacks.base import Attack
+from iwdctl.costs import cpu_threads
 from iwdctl.criteria import make_criterion
-from iwdctl.data import Sample
+from iwdctl.data import ImageDataset, Sample, batches
 from iwdctl.distances import L2, Linf
 from iwdctl.errors import InputError
 from iwdctl.files import write_atomic, write_json_atomic, write_text_atomic
@@ -29,6 +42,7 @@ from iwdctl.models import ImageClassifier
 from iwdctl.runtime import ProgressCallback, no_progress
 
 RECORDS = ".records"
+IWD_MODES = ("exact", "approx", "none")
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,19 @@ class AttackSettings:
     seed: int = 0
     target: int | None = None  # one target class for every image (--target)
     use_sample_targets: bool = False  # targets from the CSV (--targets-from)
+    batch_size: int = 16
+    workers: int = 0  # DataLoader processes that decode and resize
+    iwd: str = "exact"  # the report's IWD: exact, approx (entropic estimate) or none
+    writers: int = field(default_factory=lambda: max(1, cpu_threads() - 1))  # save, re-read, measure
+
+    def validate(self) -> None:
+        if self.iwd not in IWD_MODES:
+            raise InputError(f"--iwd must be one of {', '.join(IWD_MODES)}, not {self.iwd!r}")
+        for name, value, minimum in (("--num", self.num, 1), ("--batch-size", self.batch_size, 1)):
+            if value < minimum:
+                raise InputError(f"{name} must be at least {minimum}, not {value}")
+        if self.workers < 0 or self.writers < 1:
+            raise InputError("--workers must be zero or more")
 
 
 def sample_seed(seed: int, key: str, index: int) -> int:
@@ -62,8 +89,107 @@ def _finished(out_dir: Path, sample: Sample, settings: AttackSettings) -> dict[s
     except (OSError, ValueError):
         return None
     outputs_exist = all((out_dir / output).exists() for output in record.get("outputs", []))
-    same_job = record.get("method") == settings.method and len(record.get("outputs", [])) == settings.num
+    same_job = (
+        record.get("method") == settings.method
+        and len(record.get("outputs", [])) == settings.num
+        and record.get("iwd_mode") == settings.iwd
+    )
     return record if outputs_exist and same_job else None
+
+
+@dataclass
+class _AttackedImage:
+    """What the device computed for one image; the writer turns it into files and a record."""
+
+    sample: Sample
+    original: torch.Tensor  # (3, H, W) float, CPU
+    pixels: np.ndarray  # (K, H, W, 3) uint8: the samples as they will be saved
+    label: int
+    target: int | None
+    prediction_before: int
+    predictions: list[int]
+    l2: list[float]
+    linf: list[float]
+    seconds: float
+
+
+class _Writer:
+    """Saves, re-reads and measures attacked images in background threads; writes their records."""
+
+    def __init__(self, out_dir: Path, settings: AttackSettings, model: ImageClassifier) -> None:
+        self.out_dir, self.settings = out_dir, settings
+        self.names = model.class_names
+        self.pool = ThreadPoolExecutor(settings.writers)
+        self.pending: deque[Future[dict[str, Any]]] = deque()
+        self.records: list[dict[str, Any]] = []
+
+    def submit(self, image: _AttackedImage) -> None:
+        self.pending.append(self.pool.submit(self._finish, image))
+        # Bounded backlog (and errors surface here): the device may run ahead by about two batches.
+        while len(self.pending) > 2 * self.settings.batch_size + self.settings.writers:
+            self.records.append(self.pending.popleft().result())
+
+    def close(self) -> list[dict[str, Any]]:
+        try:
+            while self.pending:
+                self.records.append(self.pending.popleft().result())
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        return self.records
+
+    def _iwd(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
+        if self.settings.iwd == "none":
+            return None
+        return iwd_pair(x, y, approx=self.settings.iwd == "approx", device="cpu").value
+
+    def _finish(self, image: _AttackedImage) -> dict[str, Any]:
+        sample, settings = image.sample, self.settings
+        outputs = []
+        for index, pixels in enumerate(image.pixels):
+            path = _output_path(self.out_dir, sample.key, index)
+            save_png(torch.from_numpy(pixels).permute(2, 0, 1).float() / 255, path)
+            # Success was judged on these 8-bit values; the file must read back as exactly them.
+            if not np.array_equal(to_uint8(load_image(path)), pixels):
+                raise InputError(f"{path}: the saved PNG does not read back as the attacked pixels")
+            outputs.append(path)
+        reread = [torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 for pixels in image.pixels]
+        predictions = torch.tensor(image.predictions)
+        target, label = image.target, image.label
+        success = predictions == target if target is not None else predictions != label
+        iwd = [self._iwd(image.original, sample_image) for sample_image in reread]
+        names = self.names
+        record: dict[str, Any] = {
+            "input": str(sample.path),
+            "key": sample.key,
+            "method": settings.method,
+            "label": names[label],
+            "label_index": label,
+            "target": names[target] if target is not None else None,
+            "target_index": target,
+            "outputs": [str(path.relative_to(self.out_dir)) for path in outputs],
+            "success": bool(success.all()),
+            "samples_success": [bool(value) for value in success],
+            "pred_before": names[image.prediction_before],
+            "pred_after": names[image.predictions[0]],
+            "pred_after_all": [names[value] for value in image.predictions],
+            "l2": statistics.fmean(image.l2),
+            "linf": statistics.fmean(image.linf),
+            "iwd": statistics.fmean(iwd) if settings.iwd != "none" else None,
+            "iwd_mode": settings.iwd,
+            "samples_l2": image.l2,
+            "samples_linf": image.linf,
+            "samples_iwd": iwd,
+            "seconds": image.seconds,
+        }
+        if len(reread) > 1:
+            pairs = list(itertools.combinations(reread, 2))
+            record["diversity_l2"] = statistics.fmean(float((a.double() - b.double()).norm()) for a, b in pairs)
+            if settings.iwd != "none":
+                record["diversity_iwd"] = statistics.fmean(self._iwd(a, b) for a, b in pairs)  # type: ignore[misc]
+            else:
+                record["diversity_iwd"] = None
+        write_json_atomic(_record_path(self.out_dir, sample.key), record)
+        return record
 
 
 @torch.no_grad()
@@ -71,61 +197,14 @@ def _predict(model: ImageClassifier, images: torch.Tensor) -> torch.Tensor:
     return model(images.to(model.device)).argmax(dim=1).cpu()
 
 
-def attack_one(
-    model: ImageClassifier, attack: Attack, sample: Sample, settings: AttackSettings, out_dir: Path
-) -> dict[str, Any]:
-    """Attack one image, save and verify its samples, and return its report record."""
-    start = time.perf_counter()
-    original = preprocess(load_image(sample.path), model.input_size, model.crop_pct)
-    prediction_before = int(_predict(model, original[None])[0])
-    label = sample.label if sample.label is not None else prediction_before
-    target = (
-        settings.target if settings.target is not None else (sample.target if settings.use_sample_targets else None)
-    )
-    if settings.use_sample_targets and target is None:
-        raise InputError(f"{sample.path}: no target class in the targets CSV")
-    criterion = make_criterion(
-        torch.tensor([label], device=model.device),
-        torch.tensor([target], device=model.device) if target is not None else None,
-    )
-    seeds = [sample_seed(settings.seed, sample.key, index) for index in range(settings.num)]
-    adversarial = attack.generate(original.to(model.device), criterion, seeds).cpu()
-    outputs = []
-    for index, image in enumerate(adversarial):
-        path = _output_path(out_dir, sample.key, index)
-        save_png(image, path)
-        outputs.append(path)
-    # Success is judged on the files as written: 8-bit PNGs read back.
-    reread = torch.stack([load_image(path) for path in outputs])
-    predictions = _predict(model, reread)
-    success = predictions == target if target is not None else predictions != label
-    reference = original[None].expand_as(reread)
-    l2 = L2()(reference, reread)
-    linf = Linf()(reference, reread)
-    iwd = [iwd_pair(original, image).value for image in reread]
-    names = model.class_names
-    return {
-        "input": str(sample.path),
-        "key": sample.key,
-        "method": settings.method,
-        "label": names[label],
-        "label_index": label,
-        "target": names[target] if target is not None else None,
-        "target_index": target,
-        "outputs": [str(path.relative_to(out_dir)) for path in outputs],
-        "success": bool(success.all()),
-        "samples_success": [bool(value) for value in success],
-        "pred_before": names[prediction_before],
-        "pred_after": names[int(predictions[0])],
-        "pred_after_all": [names[int(value)] for value in predictions],
-        "l2": float(l2.mean()),
-        "linf": float(linf.mean()),
-        "iwd": statistics.fmean(iwd),
-        "samples_l2": l2.tolist(),
-        "samples_linf": linf.tolist(),
-        "samples_iwd": iwd,
-        "seconds": time.perf_counter() - start,
-    }
+def _targets(samples: Sequence[Sample], settings: AttackSettings) -> list[int | None]:
+    targets = []
+    for sample in samples:
+        target = settings.target if settings.target is not None else sample.target
+        if settings.use_sample_targets and target is None:
+            raise InputError(f"{sample.path}: no target class in the targets CSV")
+        targets.append(target if (settings.target is not None or settings.use_sample_targets) else None)
+    return targets
 
 
 def run_attack(
@@ -140,21 +219,62 @@ def run_attack(
 ) -> list[dict[str, Any]]:
     """Attack this process's share of `samples` (every world_size-th), skipping finished images.
 
-    Returns the records of this shard, in sample order.
+    `model` (and the attack's model) should be batch-invariant for outputs that do not depend on the
+    batch size. Returns the records of this shard, in sample order.
     """
+    settings.validate()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mine = [sample for index, sample in enumerate(samples) if index % world_size == rank]
-    records = []
-    progress(0, len(mine), "attack")
-    for done, sample in enumerate(mine, start=1):
-        record = _finished(out_dir, sample, settings)
-        if record is None:
-            record = attack_one(model, attack, sample, settings, out_dir)
-            write_json_atomic(_record_path(out_dir, sample.key), record)
-        records.append(record)
-        progress(done, len(mine), "attack")
-    return records
+    done = {sample.key: record for sample in mine if (record := _finished(out_dir, sample, settings)) is not None}
+    pending = [sample for sample in mine if sample.key not in done]
+    progress(len(done), len(mine), "attack")
+    writer = _Writer(out_dir, settings, model)
+    try:
+        dataset = ImageDataset(pending, model.input_size, model.crop_pct)
+        for originals, _, indices in batches(dataset, settings.batch_size, settings.workers):
+            start = time.perf_counter()
+            batch = [pending[int(index)] for index in indices]
+            originals = originals.to(model.device)
+            before = _predict(model, originals)
+            labels = [sample.label if sample.label is not None else int(guess) for sample, guess in zip(batch, before)]
+            targets = _targets(batch, settings)
+            criterion = make_criterion(
+                torch.tensor(labels, device=model.device),
+                torch.tensor(targets, device=model.device) if targets[0] is not None else None,
+            )
+            seeds = [[sample_seed(settings.seed, sample.key, k) for k in range(settings.num)] for sample in batch]
+            adversarial = attack.sample(originals, criterion, seeds)  # (B, K, 3, H, W)
+            flat = adversarial.flatten(0, 1)
+            # The 8-bit values the PNGs will hold; predictions and distances are taken on exactly these.
+            saved = flat.clamp(0, 1).mul(255).round().div(255)
+            after = _predict(model, saved).view(len(batch), settings.num)
+            reference = originals.repeat_interleave(settings.num, 0)
+            l2 = L2()(reference, saved).view(len(batch), -1).cpu()
+            linf = Linf()(reference, saved).view(len(batch), -1).cpu()
+            pixels = saved.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            seconds = (time.perf_counter() - start) / len(batch)
+            for row, sample in enumerate(batch):
+                writer.submit(
+                    _AttackedImage(
+                        sample=sample,
+                        original=originals[row].cpu(),
+                        pixels=pixels[row * settings.num : (row + 1) * settings.num],
+                        label=labels[row],
+                        target=targets[row],
+                        prediction_before=int(before[row]),
+                        predictions=after[row].tolist(),
+                        l2=l2[row].tolist(),
+                        linf=linf[row].tolist(),
+                        seconds=seconds,
+                    )
+                )
+            progress(len(done) + len(writer.records) + len(writer.pending), len(mine), "attack")
+    finally:
+        records = writer.close()
+    done.update((record["key"], record) for record in records)
+    progress(len(mine), len(mine), "attack")
+    return [done[sample.key] for sample in mine]
 
 
 def collect_records(
@@ -175,7 +295,8 @@ def summarize(records: Sequence[dict[str, Any]], model_name: str, method: str) -
     successes = [record for record in records if record["success"]]
 
     def mean(key: str, rows: Sequence[dict[str, Any]]) -> float | None:
-        return statistics.fmean(row[key] for row in rows) if rows else None
+        values = [row[key] for row in rows if row.get(key) is not None]
+        return statistics.fmean(values) if values else None
 
     return {
         "model": model_name,
@@ -183,12 +304,15 @@ def summarize(records: Sequence[dict[str, Any]], model_name: str, method: str) -
         "n": len(records),
         "targeted": any(record["target"] is not None for record in records),
         "asr": len(successes) / len(records) if records else 0.0,
+        "iwd_mode": records[0]["iwd_mode"] if records else None,
         "mean_l2": mean("l2", records),
         "mean_linf": mean("linf", records),
         "mean_iwd": mean("iwd", records),
         "mean_l2_success": mean("l2", successes),
         "mean_linf_success": mean("linf", successes),
         "mean_iwd_success": mean("iwd", successes),
+        "diversity_l2": mean("diversity_l2", records),
+        "diversity_iwd": mean("diversity_iwd", records),
         "seconds_per_image": mean("seconds", records),
     }
 
@@ -210,6 +334,9 @@ def write_report(
         "l2",
         "linf",
         "iwd",
+        "iwd_mode",
+        "diversity_l2",
+        "diversity_iwd",
         "seconds",
     ]
     buffer = io.StringIO()
