@@ -47,7 +47,12 @@ def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
 def _rearranged(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     channels, height, width = x.shape
     block = height // 4
-    tiles = x[:, : 4 * block, : 4 * block].unfold(1, block, block).unfold(2, block, block).reshape(channels, 16, block, block)
+    tiles = (
+        x[:, : 4 * block, : 4 * block]
+        .unfold(1, block, block)
+        .unfold(2, block, block)
+        .reshape(channels, 16, block, block)
+    )
     tiles = tiles[:, torch.randperm(16, generator=generator)].reshape(channels, 4, 4, block, block)
     out = tiles.permute(0, 1, 3, 2, 4).reshape(channels, 4 * block, 4 * block)
     return TF.gaussian_blur(out, [3, 3], [0.6, 0.6])

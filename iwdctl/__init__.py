@@ -1,10 +1,10 @@
 """iwdctl: the internal Wasserstein distance for adversarial attack and defense.
 
-    import iwdctl
-    model = iwdctl.load_classifier("efficientnet_lite0")          # CUDA when present
-    attack = iwdctl.attacks.PGD(model, eps=8 / 255)
-    adversarial = attack(images, iwdctl.Misclassification(labels))
-    iwdctl.iwd(images, adversarial)                               # exact IWD per pair, float64
+import iwdctl
+model = iwdctl.load_classifier("efficientnet_lite0")          # CUDA when present
+attack = iwdctl.attacks.PGD(model, eps=8 / 255)
+adversarial = attack(images, iwdctl.Misclassification(labels))
+iwdctl.iwd(images, adversarial)                               # exact IWD per pair, float64
 """
 
 from __future__ import annotations

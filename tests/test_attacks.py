@@ -94,7 +94,9 @@ def test_batch_equals_one_by_one(tiny_model, tiny_batch, name):
         [attack(images[i : i + 1], Misclassification(labels[i : i + 1]), seeds[i : i + 1]) for i in range(5)]
     )
     assert torch.equal(batched, single)
-    pairs = torch.cat([attack(images[i : i + 2], Misclassification(labels[i : i + 2]), seeds[i : i + 2]) for i in (0, 2)])
+    pairs = torch.cat(
+        [attack(images[i : i + 2], Misclassification(labels[i : i + 2]), seeds[i : i + 2]) for i in (0, 2)]
+    )
     assert torch.equal(batched[:4], pairs)
 
 
