@@ -58,7 +58,86 @@ def _diagonal_window_sums(x, y, k, deltas, out):  # type: ignore[no-untyped-def]
                     row[r2 * cols + q2] = total
 
 
+def _diagonal_row_minima(x, y, k, deltas, smallest, second, best):  # type: ignore[no-untyped-def]
+    """The same sweep as _diagonal_window_sums, keeping per row only the smallest sum, the column
+    where it is, and the second smallest, instead of writing the matrix."""
+    channels, height, width = x.shape
+    rows = height - k + 1
+    cols = width - k + 1
+    pixel = np.empty((width, width), dtype=x.dtype)
+    ring = np.empty((k, cols, cols), dtype=x.dtype)
+    for delta in deltas:
+        first = max(0, -delta)
+        stop = min(rows, rows - delta)
+        for t in range(first, stop + k - 1):
+            for c1 in range(width):
+                for c2 in range(width):
+                    pixel[c1, c2] = abs(x[0, t, c1] - y[0, t + delta, c2])
+                for channel in range(1, channels):
+                    for c2 in range(width):
+                        pixel[c1, c2] += abs(x[channel, t, c1] - y[channel, t + delta, c2])
+            slot = ring[t % k]
+            for q1 in range(cols):
+                for q2 in range(cols):
+                    slot[q1, q2] = pixel[q1, q2]
+                for b in range(1, k):
+                    for q2 in range(cols):
+                        slot[q1, q2] += pixel[q1 + b, q2 + b]
+            r1 = t - k + 1
+            if r1 < first:
+                continue
+            r2 = r1 + delta
+            for q1 in range(cols):
+                row = r1 * cols + q1
+                low, next_low, where = smallest[row], second[row], best[row]
+                for q2 in range(cols):
+                    total = ring[0, q1, q2]
+                    for a in range(1, k):
+                        total += ring[a, q1, q2]
+                    if total < next_low:
+                        if total < low:
+                            next_low = low
+                            low = total
+                            where = r2 * cols + q2
+                        else:
+                            next_low = total
+                smallest[row], second[row], best[row] = low, next_low, where
+
+
 _kernel = numba.njit(nogil=True, cache=True)(_diagonal_window_sums) if numba is not None else None
+_minima_kernel = numba.njit(nogil=True, cache=True)(_diagonal_row_minima) if numba is not None else None
+
+
+def row_minima(x: torch.Tensor, y: torch.Tensor, patch: int, threads: int = 1) -> tuple[np.ndarray, ...] | None:
+    """Per patch of x (stride 1): the smallest and second smallest window sums of |x - y| over y's
+    patches (float32, not divided by d) and where the smallest is. None without numba."""
+    if _minima_kernel is None:
+        return None
+    xs = np.ascontiguousarray(x.detach().cpu().float().numpy())
+    ys = np.ascontiguousarray(y.detach().cpu().float().numpy())
+    rows = xs.shape[1] - patch + 1
+    count = rows * (xs.shape[2] - patch + 1)
+    deltas = np.arange(-(rows - 1), rows, dtype=np.int64)
+    parts = max(1, threads)
+    smallest = np.full((parts, count), np.inf, dtype=np.float32)
+    second = np.full((parts, count), np.inf, dtype=np.float32)
+    best = np.zeros((parts, count), dtype=np.int64)
+
+    def sweep(part: int) -> None:
+        _minima_kernel(xs, ys, patch, deltas[part::parts], smallest[part], second[part], best[part])
+
+    if parts == 1:
+        sweep(0)
+    else:
+        with ThreadPoolExecutor(parts) as pool:
+            list(pool.map(sweep, range(parts)))
+    order = np.argsort(smallest, axis=0, kind="stable")
+    ranked = np.take_along_axis(smallest, order, axis=0)
+    columns = np.arange(count)
+    low = ranked[0]
+    # The second smallest overall: the best part's own second, or the runner-up part's smallest.
+    next_low = np.minimum(second[order[0], columns], ranked[1]) if parts > 1 else second[0]
+    return low, next_low, best[order[0], columns]
 
 
 def cost_matrix_torch(x: torch.Tensor, y: torch.Tensor, patch: int, stride: int = 1) -> torch.Tensor:
