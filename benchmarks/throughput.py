@@ -83,8 +83,30 @@ def main() -> None:
         plan = {
             "torchattacks": [sys.executable, "-c", TORCHATTACKS_SCRIPT, nips, count, batch, device],
             "none": ["iwdctl", "attack", nips, "--method", "pgd", "--iwd", "none", "--out", f"{scratch}/none", *common],
-            "exact": ["iwdctl", "attack", nips, "--method", "pgd", "--iwd", "exact", "--out", f"{scratch}/exact", *common],
-            "iwda-fast": ["iwdctl", "attack", nips, "--method", "iwda-fast", "--iwd", "exact", "--out", f"{scratch}/fast", *common],
+            "exact": [
+                "iwdctl",
+                "attack",
+                nips,
+                "--method",
+                "pgd",
+                "--iwd",
+                "exact",
+                "--out",
+                f"{scratch}/exact",
+                *common,
+            ],
+            "iwda-fast": [
+                "iwdctl",
+                "attack",
+                nips,
+                "--method",
+                "iwda-fast",
+                "--iwd",
+                "exact",
+                "--out",
+                f"{scratch}/fast",
+                *common,
+            ],
             "eval": ["iwdctl", "eval", "--data", nips, "--attack", "pgd10", "--json", f"{scratch}/eval.json", *common],
         }
         names = {

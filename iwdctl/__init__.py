@@ -9,12 +9,43 @@ iwdctl.iwd(images, adversarial)                               # exact IWD per pa
 
 from __future__ import annotations
 
-from iwdctl import attacks
-from iwdctl.attacks import ATTACKS, Attack, make_attack
-from iwdctl.criteria import Misclassification, TargetedMisclassification
-from iwdctl.errors import ClassNameError, InputError, IwdctlError, ModelError
-from iwdctl.iwd import IWDValue, iwd, iwd_pair
-from iwdctl.models import MODELS, ImageClassifier, load_classifier
+import importlib
+from typing import Any
+
+# Exports are imported on first use, so that `iwdctl measure` does not pay for the attack and model
+# modules (torchvision, timm) at start-up.
+_EXPORTS = {
+    "attacks": "iwdctl.attacks",
+    "ATTACKS": "iwdctl.attacks",
+    "Attack": "iwdctl.attacks",
+    "make_attack": "iwdctl.attacks",
+    "Misclassification": "iwdctl.criteria",
+    "TargetedMisclassification": "iwdctl.criteria",
+    "ClassNameError": "iwdctl.errors",
+    "InputError": "iwdctl.errors",
+    "IwdctlError": "iwdctl.errors",
+    "ModelError": "iwdctl.errors",
+    "IWDValue": "iwdctl.iwd",
+    "iwd": "iwdctl.iwd",
+    "iwd_pair": "iwdctl.iwd",
+    "MODELS": "iwdctl.models",
+    "ImageClassifier": "iwdctl.models",
+    "load_classifier": "iwdctl.models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'iwdctl' has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    value = module if name == "attacks" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __version__ = "0.1.0"
 

@@ -55,16 +55,18 @@ class SSIM:
         coordinates = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
         gauss = torch.exp(-(coordinates**2) / (2 * self.sigma**2))
         gauss = gauss / gauss.sum()
-        kernel = (gauss[:, None] * gauss[None, :]).expand(x.shape[1], 1, size, size).to(x.device)
+        channels = x.shape[1]
+        rows = gauss.view(1, 1, size, 1).expand(channels, 1, size, 1).to(x.device)
+        columns = gauss.view(1, 1, 1, size).expand(channels, 1, 1, size).to(x.device)
 
         def blur(image: torch.Tensor) -> torch.Tensor:
-            return F.conv2d(image, kernel, groups=x.shape[1])
+            # The Gaussian window is separable: two 1-D passes instead of one 2-D pass (5x fewer terms).
+            return F.conv2d(F.conv2d(image, rows, groups=channels), columns, groups=channels)
 
+        # The five maps blurred in one batch.
+        mu_x, mu_y, xx, yy, xy = blur(torch.cat([x, y, x * x, y * y, x * y])).split(len(x))
         c1, c2 = 0.01**2, 0.03**2
-        mu_x, mu_y = blur(x), blur(y)
-        var_x = blur(x * x) - mu_x**2
-        var_y = blur(y * y) - mu_y**2
-        covariance = blur(x * y) - mu_x * mu_y
+        var_x, var_y, covariance = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
         ssim_map = ((2 * mu_x * mu_y + c1) * (2 * covariance + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
         return ssim_map.flatten(1).mean(dim=1)
 

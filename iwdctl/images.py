@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from iwdctl.errors import InputError
@@ -96,6 +95,8 @@ def resize_shorter(image: torch.Tensor, size: int, interpolation: str = "bicubic
         return image
     scale = size / min(height, width)
     new_size = [max(size, round(height * scale)), max(size, round(width * scale))]
+    import torchvision.transforms.v2.functional as TF  # imported here: torchvision takes a second to import
+
     mode = TF.InterpolationMode.BICUBIC if interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
     return TF.resize(image, new_size, interpolation=mode, antialias=True).clamp(0, 1)
 
@@ -110,7 +111,10 @@ def preprocess(image: torch.Tensor, input_size: int, crop_pct: float = 0.875) ->
     if height == input_size and width == input_size:
         return image
     resized = resize_shorter(image, int(input_size / crop_pct))
-    return TF.center_crop(resized, [input_size, input_size])
+    # torchvision's centre crop: the top-left corner rounds half to even.
+    top = int(round((resized.shape[-2] - input_size) / 2.0))
+    left = int(round((resized.shape[-1] - input_size) / 2.0))
+    return resized[..., top : top + input_size, left : left + input_size]
 
 
 def default_image_path() -> Path:

@@ -91,14 +91,16 @@ def patches(image: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
     return F.unfold(image[None], patch, stride=stride)[0].T.contiguous()
 
 
-def _unshared(u: torch.Tensor, v: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean masks of the patches left once identical patches of u and v are matched to each other."""
+def _unshared(u: torch.Tensor, v: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """Boolean masks of the patches left once identical patches of u and v are matched to each other,
+    and each patch's group of identical patches."""
     _, groups = torch.unique(torch.cat([u, v]), dim=0, return_inverse=True)
     groups = groups.cpu().numpy()
     group_u, group_v = groups[: len(u)], groups[len(u) :]
     count = int(groups.max()) + 1
     shared = np.minimum(np.bincount(group_u, minlength=count), np.bincount(group_v, minlength=count))
-    return _occurrence(group_u) >= shared[group_u], _occurrence(group_v) >= shared[group_v]
+    keep_u, keep_v = _occurrence(group_u) >= shared[group_u], _occurrence(group_v) >= shared[group_v]
+    return keep_u, keep_v, group_u, group_v
 
 
 def _occurrence(groups: np.ndarray) -> np.ndarray:
@@ -138,26 +140,52 @@ def _nearest_permutation(
     return columns
 
 
-def exact_iwd(x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: int = 1, threads: int = 1) -> float:
-    """Exact IWD of two analysis-size images (3, H, W), in float64. `threads` split the cost matrix."""
+def optimal_matching(x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: int = 1, threads: int = 1) -> np.ndarray:
+    """An optimal one-to-one matching of the patches of two analysis-size images (3, H, W): entry i is
+    the patch of y matched to patch i of x. Identical patches are matched to each other first."""
     x, y = x.detach().double(), y.detach().double()
     u, v = patches(x, patch, stride).cpu(), patches(y, patch, stride).cpu()
-    keep_u, keep_v = _unshared(u, v)
-    remaining = int(keep_u.sum())
-    if remaining == 0:
-        return 0.0
-    if remaining == len(u) and stride == 1 and x.device.type == "cpu":
+    keep_u, keep_v, groups_u, groups_v = _unshared(u, v)
+    matching = np.empty(len(u), dtype=np.int64)
+    # The k-th copy of a patch in x is matched to the k-th copy in y: both sides list their shared
+    # copies in the same (group, copy) order.
+    shared_u, shared_v = np.nonzero(~keep_u)[0], np.nonzero(~keep_v)[0]
+    matching[shared_u[np.argsort(groups_u[shared_u], kind="stable")]] = shared_v[
+        np.argsort(groups_v[shared_v], kind="stable")
+    ]
+    if keep_u.any():
+        matching[keep_u] = np.nonzero(keep_v)[0][_assignment(x, y, u, v, keep_u, keep_v, patch, stride, threads)]
+    return matching
+
+
+def _assignment(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    keep_u: np.ndarray,
+    keep_v: np.ndarray,
+    patch: int,
+    stride: int,
+    threads: int,
+) -> np.ndarray:
+    """The optimal assignment of the kept patches of x to the kept patches of y (indices among them)."""
+    if keep_u.all() and stride == 1 and x.device.type == "cpu":
         columns = _nearest_permutation(x, y, u, v, patch, threads)
         if columns is not None:
-            matched = (u - v[torch.from_numpy(columns)]).abs().mean(dim=1)
-            return float(matched.sum() / len(u))
+            return columns
     cost = cost_matrix(x, y, patch, stride, threads)
-    if remaining < len(u):
+    if not keep_u.all():
         cost = cost[np.ix_(keep_u, keep_v)]
-    columns = min_cost_assignment(cost)
-    rows_u, rows_v = u[torch.from_numpy(keep_u)], v[torch.from_numpy(keep_v)]
+    return min_cost_assignment(cost)
+
+
+def exact_iwd(x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: int = 1, threads: int = 1) -> float:
+    """Exact IWD of two analysis-size images (3, H, W), in float64. `threads` split the cost matrix."""
+    matching = optimal_matching(x, y, patch, stride, threads)
+    u, v = patches(x.detach().double(), patch, stride).cpu(), patches(y.detach().double(), patch, stride).cpu()
     # The value from the matched patches' costs summed directly, not from the matrix, as POT does.
-    matched = (rows_u - rows_v[torch.from_numpy(columns)]).abs().mean(dim=1)
+    matched = (u - v[torch.from_numpy(matching)]).abs().mean(dim=1)
     return float(matched.sum() / len(u))
 
 
@@ -311,7 +339,8 @@ def iwd_pair(
     """
     check_pair(x, y, patch)
     target = resolve_device(device)
-    pair = analysis_view(torch.stack([x, y]).to(target), size)
+    # Resized in float64, so that the value does not depend on the input's precision.
+    pair = analysis_view(torch.stack([x, y]).to(target, torch.float64), size)
     count = patch_count(pair.shape[-2], pair.shape[-1], patch, stride)
     exact = count <= EXACT_LIMIT if approx is None else not approx
     if exact:

@@ -176,3 +176,28 @@ def test_other_distances():
     assert (ssim(x, y) < 0.2).all()
     assert ssim(x, (x + 0.01).clamp(0, 1))[0] > ssim(x, (x + 0.1).clamp(0, 1))[0]
     np.testing.assert_allclose(distances.IWD(patch=3, size=0)(x, y).numpy(), [exact_iwd(a, b, 3) for a, b in zip(x, y)])
+
+
+def test_ssim_equals_a_direct_windowed_computation():
+    """SSIM (Wang et al. 2004) computed window by window with the 2-D Gaussian weights, in numpy."""
+    generator = torch.Generator().manual_seed(8)
+    x = torch.rand(1, 3, 17, 15, generator=generator, dtype=torch.float64)
+    y = (x + 0.1 * torch.randn(x.shape, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    coordinates = np.arange(11) - 5.0
+    gauss = np.exp(-(coordinates**2) / (2 * 1.5**2))
+    weights = np.outer(gauss, gauss) / gauss.sum() ** 2
+    values = []
+    for channel in range(3):
+        a, b = x[0, channel].numpy(), y[0, channel].numpy()
+        for top in range(17 - 10):
+            for left in range(15 - 10):
+                wa, wb = a[top : top + 11, left : left + 11], b[top : top + 11, left : left + 11]
+                mu_a, mu_b = (weights * wa).sum(), (weights * wb).sum()
+                var_a = (weights * wa * wa).sum() - mu_a**2
+                var_b = (weights * wb * wb).sum() - mu_b**2
+                cov = (weights * wa * wb).sum() - mu_a * mu_b
+                c1, c2 = 0.01**2, 0.03**2
+                values.append(
+                    (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+                )
+    assert float(distances.SSIM()(x, y)[0]) == pytest.approx(float(np.mean(values)), rel=1e-12)

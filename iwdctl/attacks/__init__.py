@@ -17,13 +17,14 @@ from iwdctl.attacks.fgsm import FGSM
 from iwdctl.attacks.iwda import IWDA, PRESETS
 from iwdctl.attacks.iwda_amortised import AmortisedIWDA
 from iwdctl.attacks.iwda_fast import IWDAFast
+from iwdctl.attacks.iwda_ot import IWDAOT
 from iwdctl.attacks.pgd import PGD, PGDL2
 from iwdctl.attacks.stadv import StAdv
 from iwdctl.errors import InputError
 from iwdctl.models import ImageClassifier
 
 ATTACKS: dict[str, type[Attack]] = {
-    attack.name: attack for attack in (IWDA, IWDAFast, AmortisedIWDA, FGSM, PGD, PGDL2, StAdv, ADef, EOT)
+    attack.name: attack for attack in (IWDAOT, IWDA, IWDAFast, AmortisedIWDA, FGSM, PGD, PGDL2, StAdv, ADef, EOT)
 }
 
 
@@ -69,6 +70,7 @@ __all__ = [
     "FGSM",
     "IWDA",
     "IWDAFast",
+    "IWDAOT",
     "PGD",
     "PGDL2",
     "StAdv",
