@@ -1,11 +1,15 @@
-"""ASR, l2, l-inf, IWD and seconds per image of every attack against efficientnet_lite0 on nips17.
+"""ASR, l2, l-inf, IWD, diversity and seconds per image of every attack, one table per victim.
 
-Untargeted and targeted (the CSV's TargetClass). Each method runs through `iwdctl attack` itself
-(one process per method and mode), so the numbers are what users get. The GAN variant (iwda)
-runs on fewer images on the CPU (its quick preset takes about 2 minutes per image); the table says
-how many.
+Victims: efficientnet_lite0 on nips17 (`lite0`; untargeted and targeted, the CSV's TargetClass) and
+the shipped tiny6 models (`tiny6-natural`, `tiny6-pgd`, `tiny6-free`, `tiny6-iwdd`) on tiny6/val
+(untargeted; the same number of images from each class). Each method runs through `iwdctl attack`
+itself (one process per method and mode), so the numbers are what users get. ASR counts every
+attacked image; "ASR on correct" only those the victim classifies correctly before the attack (for
+robust models the meaningful figure). Diversity: a second run with `--num 4` on fewer images gives
+the mean pairwise l2 and IWD among each image's 4 samples.
 
-    python benchmarks/attack_benchmark.py [--scale 1.0]   # writes benchmarks/results/attack_benchmark.md
+    python benchmarks/attack_benchmark.py --victim lite0 [--scale 1.0] [--methods pgd,iwda-ot]
+    python benchmarks/attack_benchmark.py --victim tiny6-pgd      # writes attack_benchmark_<victim>.md
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,9 +28,53 @@ from PIL import Image
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, header, write_results  # noqa: E402
+from common import ROOT, SHARED, header, write_results  # noqa: E402
 
 from iwdctl.models import ImageClassifier, load_classifier  # noqa: E402
+
+# method -> images per mode for lite0 on 2 CPU cores (extra options); tiny6 victims attack every
+# method on their whole image set except the GAN.
+PLAN: list[tuple[str, int, list[str]]] = [
+    ("iwda-ot", 100, []),
+    ("iwda-fast", 100, []),
+    ("fgsm", 100, []),
+    ("pgd", 100, []),
+    ("pgd-l2", 100, []),
+    ("adef", 100, []),
+    ("iwda", 2, ["--preset", "quick"]),
+    ("eot", 50, []),
+    ("stadv", 40, []),
+]
+DIVERSITY_METHODS = ("iwda-ot", "iwda-fast", "pgd")
+TINY6_WEIGHTS = "weights/tiny6-preact_resnet18_w16-{}.safetensors"
+
+
+@dataclass(frozen=True)
+class Victim:
+    model: str
+    data: Path
+    targets: Path | None  # a CSV of per-image targets for the targeted rows; None: untargeted only
+    reread: bool  # re-read the PNGs with other readers (lite0's loader views)
+
+
+def victims() -> dict[str, Victim]:
+    nips = SHARED / "nips17"
+    found = {"lite0": Victim("efficientnet_lite0", nips, nips / "images.csv", True)}
+    for kind in ("natural", "pgd", "free", "iwdd"):
+        found[f"tiny6-{kind}"] = Victim(str(ROOT / TINY6_WEIGHTS.format(kind)), SHARED / "tiny6" / "val", None, False)
+    return found
+
+
+def balanced_subset(data: Path, per_class: int, into: Path) -> Path:
+    """A folder of links to the first `per_class` images (by name) of every class folder."""
+    for folder in sorted(path for path in data.iterdir() if path.is_dir()):
+        (into / folder.name).mkdir(parents=True, exist_ok=True)
+        for image in sorted(folder.iterdir())[:per_class]:
+            link = into / folder.name / image.name
+            if not link.exists():
+                link.symlink_to(image)
+    return into
+
 
 # method -> images per mode on 2 CPU cores (extra options)
 PLAN: list[tuple[str, int, list[str]]] = [
@@ -70,71 +119,104 @@ def recheck(out: Path, model: ImageClassifier) -> list[float]:
     return [sum(reader_hits) / len(reader_hits) for reader_hits in hits]
 
 
+def correct_only(out: Path) -> tuple[float, int]:
+    """(ASR among the images the victim classified correctly before the attack, their count)."""
+    records = [r for r in json.loads((out / "report.json").read_text())["images"] if r["pred_before"] == r["label"]]
+    return (sum(r["success"] for r in records) / len(records) if records else 0.0), len(records)
+
+
+def run_attack(command: list[str]) -> dict:
+    subprocess.run(command, check=True, capture_output=True)
+    out = Path(command[command.index("--out") + 1])
+    return json.loads((out / "report.json").read_text())["summary"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply every image count")
+    parser.add_argument("--victim", default="lite0", choices=sorted(victims()))
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every lite0 image count")
+    parser.add_argument("--per-class", type=int, default=10, help="tiny6 images per class")
+    parser.add_argument("--diversity-images", type=int, default=10, help="images of the --num 4 runs")
     parser.add_argument("--methods", default=",".join(method for method, _, _ in PLAN))
     parser.add_argument("--keep", type=Path, help="keep the attacks' output folders here (default: discarded)")
     arguments = parser.parse_args()
     chosen = arguments.methods.split(",")
-    nips = SHARED / "nips17"
-    model = load_classifier("efficientnet_lite0", device="cpu")
+    victim = victims()[arguments.victim]
+    model = load_classifier("efficientnet_lite0", device="cpu") if victim.reread else None
     lines = [
-        header("Attacks against efficientnet_lite0 on nips17"),
+        header(f"Attacks against {arguments.victim}"),
         "\nASR: share of images whose saved 8-bit PNG is misclassified (untargeted) or classified as the "
-        "CSV's TargetClass (targeted). Distances to the classifier's view of the original (224x224); IWD as "
+        "CSV's TargetClass (targeted); ASR on correct: the same among the images the victim classified "
+        "correctly before the attack. Distances to the classifier's view of the original; IWD as "
         "`iwdctl measure` defines it (7x7 patches, analysis size 64). Means over all attacked images. "
-        "Re-read columns: the PNGs read back by Pillow and torchvision (not iwdctl's loader) and fed to lite0 "
-        "with its own (x - 0.5) / 0.5 scaling (should equal ASR), with ImageNet's mean/std, and with timm's default "
-        "evaluation transform (resize 256, centre crop 224, ImageNet mean/std). Clean nips17 accuracy under the "
-        "last two readers is only about 66%, so their untargeted ASR counts clean errors too.\n",
-        "| method | mode | images | ASR | mean l2 | mean l-inf | mean IWD | mean IWD (successes) | s / image | "
-        "re-read: own | ImageNet norm | timm transform |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Diversity: mean pairwise l2 and IWD among the 4 samples of each image (`--num 4`).\n",
+    ]
+    if victim.reread:
+        lines[-1] += (
+            "Re-read columns: the PNGs read back by Pillow and torchvision (not iwdctl's loader) and fed to lite0 "
+            "with its own (x - 0.5) / 0.5 scaling (should equal ASR), with ImageNet's mean/std, and with timm's "
+            "default evaluation transform (resize 256, centre crop 224, ImageNet mean/std). Clean nips17 accuracy "
+            "under the last two readers is only about 66%, so their untargeted ASR counts clean errors too.\n"
+        )
+    columns = "| method | mode | images | ASR | ASR on correct (n) | mean l2 | mean l-inf | mean IWD | diversity l2 | diversity IWD | s / image |"
+    lines += [
+        columns + (" re-read: own | ImageNet norm | timm transform |" if victim.reread else ""),
+        "| --- " * (11 + 3 * victim.reread) + "|",
     ]
     commands = []
     with tempfile.TemporaryDirectory() as scratch:
-        temporary = str(arguments.keep or scratch)
+        temporary = Path(arguments.keep or scratch)
+        data = victim.data
+        if not victim.reread:
+            data = balanced_subset(victim.data, arguments.per_class, temporary / "subset")
         for method, count, extra in PLAN:
-            if method not in chosen:
+            if method not in chosen or (method == "iwda" and not victim.reread):
                 continue
-            count = max(1, round(count * arguments.scale))
-            for mode in ("untargeted", "targeted"):
-                out = Path(temporary) / f"{method}-{mode}"
-                command = [
-                    "iwdctl",
-                    "attack",
-                    str(nips),
-                    "--method",
-                    method,
-                    "--limit",
-                    str(count),
-                    "--out",
-                    str(out),
-                    "-q",
-                    *extra,
-                ]
+            count = max(1, round(count * arguments.scale)) if victim.reread else 6 * arguments.per_class
+            for mode in ("untargeted", "targeted") if victim.targets else ("untargeted",):
+                out = temporary / f"{arguments.victim}-{method}-{mode}"
+                base = ["iwdctl", "attack", str(data), "--model", victim.model, "--method", method, "-q", *extra]
                 if mode == "targeted":
-                    command += ["--targets-from", str(nips / "images.csv")]
-                commands.append(
-                    " ".join(command).replace(str(temporary), "$TMP").replace(str(SHARED), "../shared/data")
-                )
+                    base += ["--targets-from", str(victim.targets)]
+                command = [*base, "--limit", str(count), "--out", str(out)]
+                runs = [command]
+                if method in DIVERSITY_METHODS:
+                    runs.append(
+                        [
+                            *base,
+                            "--limit",
+                            str(min(count, arguments.diversity_images)),
+                            "--num",
+                            "4",
+                            "--out",
+                            f"{out}-num4",
+                        ]
+                    )
+                for run in runs:
+                    commands.append(
+                        " ".join(run)
+                        .replace(str(temporary), "$TMP")
+                        .replace(str(SHARED), "../shared/data")
+                        .replace(str(ROOT) + "/", "")
+                    )
                 start = time.perf_counter()
-                subprocess.run(command, check=True, capture_output=True)
+                summary = run_attack(command)
                 wall = time.perf_counter() - start
-                summary = json.loads((out / "report.json").read_text())["summary"]
-                success_iwd = summary["mean_iwd_success"]
-                rereads = recheck(out, model)
-                lines.append(
-                    f"| {method} | {mode} | {summary['n']} | {100 * summary['asr']:.1f}% | {summary['mean_l2']:.3f} | "
-                    f"{summary['mean_linf']:.4f} | {summary['mean_iwd']:.5f} | "
-                    f"{'-' if success_iwd is None else f'{success_iwd:.5f}'} | {summary['seconds_per_image']:.2f} | "
-                    + " | ".join(f"{100 * value:.1f}%" for value in rereads)
-                    + " |"
+                diverse = run_attack(runs[1]) if len(runs) > 1 else None
+                on_correct, correct = correct_only(out)
+                diversity = f"{diverse['diversity_l2']:.3f} | {diverse['diversity_iwd']:.5f}" if diverse else "- | -"
+                row = (
+                    f"| {method} | {mode} | {summary['n']} | {100 * summary['asr']:.1f}% | {100 * on_correct:.1f}% ({correct}) | "
+                    f"{summary['mean_l2']:.3f} | {summary['mean_linf']:.4f} | {summary['mean_iwd']:.5f} | {diversity} | "
+                    f"{summary['seconds_per_image']:.2f} |"
                 )
-                print(lines[-1], f"(wall {wall:.0f} s)", flush=True)
+                if model is not None:
+                    row += " " + " | ".join(f"{100 * value:.1f}%" for value in recheck(out, model)) + " |"
+                lines.append(row)
+                print(row, f"(wall {wall:.0f} s)", flush=True)
                 write_results(
-                    "attack_benchmark.md", "\n".join(lines + ["\nCommands:\n"] + [f"    {c}" for c in commands]) + "\n"
+                    f"attack_benchmark_{arguments.victim}.md",
+                    "\n".join(lines + ["\nCommands:\n"] + [f"    {c}" for c in commands]) + "\n",
                 )
 
 

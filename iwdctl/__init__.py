@@ -12,6 +12,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# Bound eagerly: the function `iwd` must shadow the submodule of the same name.
+from iwdctl.iwd import IWDValue, iwd, iwd_pair
+
 # Exports are imported on first use, so that `iwdctl measure` does not pay for the attack and model
 # modules (torchvision, timm) at start-up.
 _EXPORTS = {
@@ -25,9 +28,6 @@ _EXPORTS = {
     "InputError": "iwdctl.errors",
     "IwdctlError": "iwdctl.errors",
     "ModelError": "iwdctl.errors",
-    "IWDValue": "iwdctl.iwd",
-    "iwd": "iwdctl.iwd",
-    "iwd_pair": "iwdctl.iwd",
     "MODELS": "iwdctl.models",
     "ImageClassifier": "iwdctl.models",
     "load_classifier": "iwdctl.models",

@@ -22,7 +22,6 @@ numba (an environment that lacks it) the dense problem goes to SciPy's solver: e
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 try:
     import numba
@@ -250,6 +249,8 @@ def min_cost_assignment(cost: np.ndarray) -> np.ndarray:
     if n == 0:
         return np.empty(0, dtype=np.int64)
     if auction is None:
+        from scipy.optimize import linear_sum_assignment  # only without numba: a half-second import
+
         return linear_sum_assignment(cost)[1].astype(np.int64)
     top = float(cost.max() - cost.min())
     eps_end = FINAL_TOTAL_GAP / n

@@ -268,8 +268,10 @@ def attack_command(
     model: ModelOption = "efficientnet_lite0",
     method: Annotated[
         str,
-        typer.Option(help="iwda, iwda-fast, iwda-amortised, fgsm, pgd, pgd-l2, stadv, adef or eot; pgd20: 20 steps."),
-    ] = "iwda-fast",
+        typer.Option(
+            help="iwda-ot, iwda, iwda-fast, iwda-amortised, fgsm, pgd, pgd-l2, stadv, adef or eot; pgd20: 20 steps."
+        ),
+    ] = "iwda-ot",
     target: Annotated[Optional[str], typer.Option(help="Targeted: class name, index or wnid.")] = None,
     targets_from: Annotated[
         Optional[Path],
@@ -281,7 +283,7 @@ def attack_command(
         typer.Option("--one-based/--zero-based", help="CSV classes count from 1 (default: 1 for NIPS17 columns)."),
     ] = None,
     tau: Annotated[
-        Optional[float], typer.Option(help="Weight of the classification loss (iwda, iwda-fast, stadv).")
+        Optional[float], typer.Option(help="Weight of the classification loss (iwda-ot, iwda, iwda-fast, stadv).")
     ] = None,
     num: Annotated[int, typer.Option(help="Adversarial samples per image (diverse noise draws).")] = 1,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("adv"),

@@ -25,6 +25,7 @@ FAST_OPTIONS = {
     "stadv": {"steps": 100, "tau": 0.0005, "lr": 0.2},
     "iwda": {"preset": "quick", "steps": 8},
     "iwda-fast": {"steps": 60, "lr": 1 / 255},
+    "iwda-ot": {"steps": 120, "escalate_every": 10},
 }
 # Deformations of a few pixels move 32x32 images little: stAdv, ADef (targeted) and the 8-iteration
 # GAN pass a lower bar. An attack that does nothing fools none of these correctly classified images.
@@ -70,7 +71,7 @@ def test_every_attack_fools_the_tiny_model_untargeted(tiny_model, tiny_batch, na
     assert fooled >= MINIMUM_UNTARGETED.get(name, 0.75), fooled
 
 
-@pytest.mark.parametrize("name", ["iwda-fast", "pgd", "adef"])
+@pytest.mark.parametrize("name", ["iwda-ot", "iwda-fast", "pgd", "adef"])
 def test_targeted_attacks_reach_the_target(tiny_model, tiny_batch, name):
     images, labels = tiny_batch
     targets = _targets(labels, tiny_model.num_classes)
@@ -82,7 +83,7 @@ def test_targeted_attacks_reach_the_target(tiny_model, tiny_batch, name):
     assert hit >= MINIMUM_TARGETED.get(name, 0.75), hit
 
 
-@pytest.mark.parametrize("name", ["pgd", "iwda-fast", "eot", "fgsm", "pgd-l2"])
+@pytest.mark.parametrize("name", ["pgd", "iwda-ot", "iwda-fast", "eot", "fgsm", "pgd-l2"])
 def test_batch_equals_one_by_one(tiny_model, tiny_batch, name):
     """With a batch-invariant classifier, an image's result is bitwise the same alone or in a batch."""
     images, labels = tiny_batch
@@ -98,6 +99,29 @@ def test_batch_equals_one_by_one(tiny_model, tiny_batch, name):
         [attack(images[i : i + 2], Misclassification(labels[i : i + 2]), seeds[i : i + 2]) for i in (0, 2)]
     )
     assert torch.equal(batched[:4], pairs)
+
+
+def test_iwda_ot_fools_every_image_and_its_loss_is_the_exact_iwd(tiny_model, tiny_batch):
+    """Its patch loss equals exact IWD at each matching and bounds it from above in between; with tau
+    escalation (unbounded in l_p) it fools every image."""
+    from iwdctl.attacks import IWDAOT
+    from iwdctl.iwd import exact_iwd
+
+    images, labels = tiny_batch
+    attack = IWDAOT(tiny_model, **FAST_OPTIONS["iwda-ot"])
+    generator = torch.Generator().manual_seed(0)
+    moved = (images + 0.05 * torch.randn(images.shape, generator=generator)).clamp(0, 1)
+    further = (moved + 0.05 * torch.randn(images.shape, generator=generator)).clamp(0, 1)
+    active = torch.ones(len(images), dtype=torch.bool)
+    loss = attack.objective(images, [])
+    exact = torch.tensor([exact_iwd(a, b) for a, b in zip(moved, images)], dtype=torch.float64)
+    assert torch.allclose(loss(moved, 0, active).double(), exact, rtol=1e-5)
+    later = torch.tensor([exact_iwd(a, b) for a, b in zip(further, images)], dtype=torch.float64)
+    assert (loss(further, 1, active).double() >= later - 1e-6).all()
+    assert torch.allclose(loss(further, 10, active).double(), later, rtol=1e-5)
+    adversarial = attack(images, Misclassification(labels), list(range(len(images))))
+    with torch.no_grad():
+        assert (tiny_model(adversarial).argmax(1) != labels).all()
 
 
 def test_diverse_samples_differ(tiny_model, tiny_batch):

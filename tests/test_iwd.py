@@ -14,7 +14,7 @@ from iwdctl import assignment, distances
 from iwdctl.costs import cost_matrix, cost_matrix_torch
 from iwdctl.errors import InputError
 from iwdctl.images import load_image
-from iwdctl.iwd import analysis_size, analysis_view, estimate_iwd, exact_iwd, iwd, iwd_pair, patches
+from iwdctl.iwd import analysis_size, analysis_view, estimate_iwd, exact_iwd, iwd, iwd_pair, optimal_matching, patches
 
 from .conftest import shared_data
 
@@ -114,6 +114,17 @@ def test_every_kind_of_pair_matches_pot(name):
     path = shared_data("nips17", "images", f"{name}.png")
     for kind, (x, y) in perturbed_pairs(load_image(path), 36, seed=len(name)).items():
         assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
+
+
+def test_optimal_matching_is_a_permutation_of_pot_cost():
+    """The matching itself (shared patches first, then the assignment) costs exactly POT's optimum."""
+    photo = load_image(shared_data("nips17", "images", "0c7ac4a8c9dfa802.png"))
+    for kind, (x, y) in perturbed_pairs(photo, 30, seed=4).items():
+        matching = optimal_matching(x, y)
+        assert sorted(matching.tolist()) == list(range(len(matching))), kind
+        u, v = patches(x, 7, 1), patches(y, 7, 1)
+        value = float((u - v[torch.from_numpy(matching)]).abs().mean(dim=1).mean())
+        assert value == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
 
 
 def test_real_pairs_shift_beats_noise():
