@@ -400,7 +400,10 @@ def defend_command(
     ),
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
-    lr: Annotated[float, typer.Option(help="SGD learning rate (x0.1 at 50% and 75%).")] = 0.1,
+    lr: Annotated[float, typer.Option(help="SGD learning rate.")] = 0.1,
+    schedule: Annotated[
+        str, typer.Option(help="multistep (lr x0.1 at 50% and 75% of the steps) or cosine (annealed to 0).")
+    ] = "multistep",
     eps: Annotated[str, typer.Option(help="l-inf budget of pgd and free training.")] = "8/255",
     pgd_steps: Annotated[
         int, typer.Option(min=1, help="PGD steps K of pgd training and of IWDD's refinement (step 2.5 eps / K).")
@@ -445,6 +448,7 @@ def defend_command(
         tau=tau,
         seed=seed,
         save_every=save_every,
+        schedule=schedule,
     )
     table = Table(title=f"{method} training of {arch} on {data}")
     for column in ("epoch", "loss", "train acc", "val acc", "seconds", "lr"):

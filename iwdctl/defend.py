@@ -34,6 +34,7 @@ from iwdctl.models import ARCHITECTURES, ImageClassifier, save_classifier
 from iwdctl.runtime import ProgressCallback, batchnorm_statistics_kept, frozen, no_progress
 
 METHODS = ("natural", "pgd", "free", "iwdd")
+SCHEDULES = ("multistep", "cosine")
 
 
 def projected_start(images: torch.Tensor, samples: torch.Tensor, eps: float) -> torch.Tensor:
@@ -63,8 +64,11 @@ class TrainConfig:
     kappa: float = 1.0
     seed: int = 0
     save_every: int = 0
+    schedule: str = "multistep"
 
     def validate(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
         if self.method not in METHODS:
             raise InputError(f"unknown training method {self.method!r}; known: {', '.join(METHODS)}")
         if self.arch not in ARCHITECTURES:
@@ -82,6 +86,18 @@ class ImageSet:
     images: torch.Tensor  # (N, 3, S, S) in [0, 1]
     labels: torch.Tensor
     class_names: list[str]
+
+
+def data_input_size(folder: Path) -> int:
+    """The shorter side of the first training image: the input size of the CIFAR-style nets, which
+    keep a stride-1 stem and pool adaptively (32 for tiny6, 64 for imagenette64)."""
+    from PIL import Image
+
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and is_image_file(path):
+            with Image.open(path) as image:
+                return min(image.size)
+    raise InputError(f"{folder}: no training images")
 
 
 def load_split(root: Path, split: str, input_size: int, class_names: list[str] | None = None) -> ImageSet:
@@ -107,16 +123,18 @@ def load_split(root: Path, split: str, input_size: int, class_names: list[str] |
 
 def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
     """Random crop with zero padding and random horizontal flip (the standard CIFAR augmentation)."""
-    count, _, height, width = images.shape
+    count, channels, height, width = images.shape
     padded = F.pad(images, (padding,) * 4)
-    offsets = torch.randint(0, 2 * padding + 1, (count, 2), generator=generator)
-    flips = torch.rand(count, generator=generator) < 0.5
-    out = torch.empty_like(images)
-    for index in range(count):
-        dy, dx = offsets[index].tolist()
-        crop = padded[index, :, dy : dy + height, dx : dx + width]
-        out[index] = crop.flip(-1) if flips[index] else crop
-    return out
+    offsets = torch.randint(0, 2 * padding + 1, (count, 2), generator=generator).to(images.device)
+    flips = (torch.rand(count, generator=generator) < 0.5).to(images.device)
+    # All crops in one gather (no per-image loop): row and column indices per image, columns reversed
+    # for the flipped ones.
+    rows = offsets[:, :1] + torch.arange(height, device=images.device)
+    columns = offsets[:, 1:] + torch.arange(width, device=images.device)
+    columns = torch.where(flips[:, None], columns.flip(1), columns)
+    batch = torch.arange(count, device=images.device)[:, None, None, None]
+    channel = torch.arange(channels, device=images.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], columns[:, None, None, :]]
 
 
 @dataclass
@@ -146,8 +164,9 @@ class Trainer:
         for split in ("train", "val"):
             if not (root / split).is_dir():
                 raise InputError(f"{root}: needs train/ and val/ with one folder per class (ImageFolder layout)")
-        self.train_set = load_split(root, "train", architecture.input_size)
-        self.val_set = load_split(root, "val", architecture.input_size, self.train_set.class_names)
+        input_size = architecture.input_size or data_input_size(root / "train")
+        self.train_set = load_split(root, "train", input_size)
+        self.val_set = load_split(root, "val", input_size, self.train_set.class_names)
         mean = self.train_set.images.mean(dim=(0, 2, 3)).tolist()
         std = self.train_set.images.std(dim=(0, 2, 3)).tolist()
         torch.manual_seed(config.seed)
@@ -155,7 +174,7 @@ class Trainer:
             architecture.build(len(self.train_set.class_names)),
             arch=config.arch,
             class_names=self.train_set.class_names,
-            input_size=architecture.input_size,
+            input_size=input_size,
             crop_pct=1.0,
             mean=mean,
             std=std,
@@ -171,9 +190,13 @@ class Trainer:
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
-        # Piecewise-constant schedule: lr x0.1 at 50% and 75% of the optimizer steps.
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, [int(0.5 * total_steps), int(0.75 * total_steps)], 0.1
+        # multistep: lr x0.1 at 50% and 75% of the optimizer steps; cosine: annealed to 0 over them.
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, total_steps)
+            if config.schedule == "cosine"
+            else torch.optim.lr_scheduler.MultiStepLR(
+                self.optimizer, [int(0.5 * total_steps), int(0.75 * total_steps)], 0.1
+            )
         )
         self.epoch, self.step = 0, 0
         self.free_delta: torch.Tensor | None = None

@@ -11,7 +11,7 @@ import torch
 import torchattacks
 
 from iwdctl.cli import main
-from iwdctl.defend import TrainConfig, Trainer, defend
+from iwdctl.defend import TrainConfig, Trainer, augment, defend
 from iwdctl.errors import InputError
 from iwdctl.evaluate import robust_accuracy
 from iwdctl.models import load_classifier
@@ -180,6 +180,8 @@ def test_bad_training_inputs(mini_data, tmp_path):
         Trainer(_config(mini_data, tmp_path / "x.safetensors", "magic"))
     with pytest.raises(InputError, match="unknown architecture"):
         Trainer(_config(mini_data, tmp_path / "x.safetensors", arch="resnet9000"))
+    with pytest.raises(InputError, match="unknown schedule"):
+        Trainer(_config(mini_data, tmp_path / "x.safetensors", schedule="linear"))
     defend(_config(mini_data, tmp_path / "x.safetensors", epochs=1))
     with pytest.raises(InputError, match="another run"):
         defend(_config(mini_data, tmp_path / "x.safetensors", arch="preact_resnet18_w16", epochs=1), resume=True)
@@ -278,3 +280,43 @@ def test_two_process_iwdd_trains_one_generator_and_critic(mini_data, tmp_path):
     assert first.keys() == second.keys() and any(key.startswith("critic.") for key in first)
     for key, value in first.items():
         assert torch.equal(value, second[key]), f"{key} differs between processes"
+
+
+def test_batched_augmentation_equals_cropping_and_flipping_each_image():
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand(9, 3, 12, 10, generator=generator)
+    out = augment(images, torch.Generator().manual_seed(5))
+    replay = torch.Generator().manual_seed(5)
+    offsets = torch.randint(0, 9, (9, 2), generator=replay)
+    flips = torch.rand(9, generator=replay) < 0.5
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for index in range(9):
+        dy, dx = offsets[index].tolist()
+        crop = padded[index, :, dy : dy + 12, dx : dx + 10]
+        assert torch.equal(out[index], crop.flip(-1) if flips[index] else crop)
+
+
+def test_cosine_schedule_anneals_to_zero(mini_data, tmp_path):
+    trainer = Trainer(_config(mini_data, tmp_path / "c.safetensors", schedule="cosine"))
+    total = trainer.passes * trainer.steps_per_epoch
+    rates = []
+    for _ in range(total):
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+    assert rates[0] < 0.05 and rates == sorted(rates, reverse=True) and rates[-1] == pytest.approx(0, abs=1e-12)
+
+
+def test_cifar_nets_train_at_the_data_size(tmp_path):
+    """64 x 64 images (imagenette64) train a CIFAR-style net at 64 x 64, not resized to 32."""
+    source = shared_data("imagenette64")
+    for split in ("train", "val"):
+        for name in sorted(path.name for path in (source / split).iterdir() if path.is_dir())[:2]:
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for file in sorted((source / split / name).iterdir())[:6]:
+                shutil.copy(file, tmp_path / "data" / split / name / file.name)
+    defend(_config(tmp_path / "data", tmp_path / "m.safetensors", epochs=1, arch="preact_resnet18_w16"))
+    model = load_classifier(str(tmp_path / "m.safetensors"), device="cpu")
+    assert model.input_size == 64
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 64, 64)).shape == (2, 2)

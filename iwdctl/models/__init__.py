@@ -145,7 +145,7 @@ class Architecture:
     """How to build a network of a given architecture for `num_classes` classes."""
 
     build: Callable[[int], nn.Module]
-    input_size: int
+    input_size: int | None  # None: the training data's size (the CIFAR-style nets pool adaptively)
     description: str
 
 
@@ -175,9 +175,9 @@ def _torchvision(name: str, **kwargs: Any) -> Callable[[int], nn.Module]:
 
 # Architectures that `iwdctl defend` can train and project checkpoints can name.
 ARCHITECTURES: dict[str, Architecture] = {
-    "preact_resnet18": Architecture(_cifar(64), 32, "PreAct ResNet-18 for 32x32 inputs (11.2M parameters)"),
-    "preact_resnet18_w16": Architecture(_cifar(16), 32, "PreAct ResNet-18 at a quarter width (0.7M parameters)"),
-    "small_cnn": Architecture(_small_cnn, 32, "four-layer CNN for 32x32 inputs (0.3M parameters)"),
+    "preact_resnet18": Architecture(_cifar(64), None, "PreAct ResNet-18, CIFAR stem (11.2M parameters)"),
+    "preact_resnet18_w16": Architecture(_cifar(16), None, "PreAct ResNet-18 at a quarter width (0.7M parameters)"),
+    "small_cnn": Architecture(_small_cnn, None, "four-layer CNN (0.3M parameters)"),
     "resnet18": Architecture(_torchvision("resnet18"), 224, "torchvision ResNet-18"),
     "resnet50": Architecture(_torchvision("resnet50"), 224, "torchvision ResNet-50"),
     "resnet101": Architecture(_torchvision("resnet101"), 224, "torchvision ResNet-101"),

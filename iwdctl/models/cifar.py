@@ -49,7 +49,7 @@ class PreActResNet18(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """A four-layer CNN for 32x32 inputs (about 0.1M parameters): trains in seconds on a CPU."""
+    """A four-layer CNN (about 0.1M parameters), any input size: trains in seconds on a CPU."""
 
     def __init__(self, num_classes: int, width: int = 32) -> None:
         super().__init__()
