@@ -404,6 +404,9 @@ def defend_command(
     schedule: Annotated[
         str, typer.Option(help="multistep (lr x0.1 at 50% and 75% of the steps) or cosine (annealed to 0).")
     ] = "multistep",
+    precision: Annotated[
+        str, typer.Option(help="fp32, or bf16: forward and backward passes under bfloat16 autocast.")
+    ] = "fp32",
     eps: Annotated[str, typer.Option(help="l-inf budget of pgd and free training.")] = "8/255",
     pgd_steps: Annotated[
         int, typer.Option(min=1, help="PGD steps K of pgd training and of IWDD's refinement (step 2.5 eps / K).")
@@ -449,6 +452,7 @@ def defend_command(
         seed=seed,
         save_every=save_every,
         schedule=schedule,
+        precision=precision,
     )
     table = Table(title=f"{method} training of {arch} on {data}")
     for column in ("epoch", "loss", "train acc", "val acc", "seconds", "lr"):

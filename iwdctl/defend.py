@@ -9,13 +9,14 @@ alone writes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from iwdctl.runtime import ProgressCallback, batchnorm_statistics_kept, frozen, 
 
 METHODS = ("natural", "pgd", "free", "iwdd")
 SCHEDULES = ("multistep", "cosine")
+PRECISIONS = ("fp32", "bf16")
 
 
 def projected_start(images: torch.Tensor, samples: torch.Tensor, eps: float) -> torch.Tensor:
@@ -65,8 +67,11 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 0
     schedule: str = "multistep"
+    precision: str = "fp32"  # bf16: forward and backward passes under bfloat16 autocast
 
     def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         if self.schedule not in SCHEDULES:
             raise InputError(f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
         if self.method not in METHODS:
@@ -86,6 +91,14 @@ class ImageSet:
     images: torch.Tensor  # (N, 3, S, S) in [0, 1]
     labels: torch.Tensor
     class_names: list[str]
+
+
+def fits_on(device: torch.device, size: int) -> bool:
+    """Whether `size` bytes of data may live on `device`: a quarter of the free GPU memory."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return size < free // 4
 
 
 def data_input_size(folder: Path) -> int:
@@ -167,6 +180,10 @@ class Trainer:
         input_size = architecture.input_size or data_input_size(root / "train")
         self.train_set = load_split(root, "train", input_size)
         self.val_set = load_split(root, "val", input_size, self.train_set.class_names)
+        if fits_on(self.device, self.train_set.images.nbytes + self.val_set.images.nbytes):
+            # Minibatches are then gathered and augmented on the device, without host transfers.
+            self.train_set = replace(self.train_set, images=self.train_set.images.to(self.device))
+            self.val_set = replace(self.val_set, images=self.val_set.images.to(self.device))
         mean = self.train_set.images.mean(dim=(0, 2, 3)).tolist()
         std = self.train_set.images.std(dim=(0, 2, 3)).tolist()
         torch.manual_seed(config.seed)
@@ -278,7 +295,7 @@ class Trainer:
         indices = order[step * self.config.batch_size : (step + 1) * self.config.batch_size]
         indices = indices[self.rank :: self.world_size]
         generator = torch.Generator().manual_seed(hash((self.config.seed, epoch, step)) % 2**63)
-        images = augment(self.train_set.images[indices], generator)
+        images = augment(self.train_set.images[indices.to(self.train_set.images.device)], generator)
         return images.to(self.device), self.train_set.labels[indices].to(self.device), generator
 
     def _average_gradients(self, module: nn.Module) -> None:
@@ -402,13 +419,20 @@ class Trainer:
         self._sgd_step(loss)
         return loss.item(), (adversarial_logits.argmax(1) == labels).float().mean().item()
 
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.config.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     @torch.no_grad()
     def validate(self) -> float:
         self.model.eval()
         correct = 0
-        for start in range(0, len(self.val_set.labels), 256):
-            images = self.val_set.images[start : start + 256].to(self.device)
-            correct += (self.model(images).argmax(1).cpu() == self.val_set.labels[start : start + 256]).sum().item()
+        with self._autocast():
+            for start in range(0, len(self.val_set.labels), 256):
+                images = self.val_set.images[start : start + 256].to(self.device)
+                predicted = self.model(images).argmax(1).cpu()
+                correct += (predicted == self.val_set.labels[start : start + 256].cpu()).sum().item()
         return correct / len(self.val_set.labels)
 
     def fit(
@@ -427,7 +451,8 @@ class Trainer:
             losses, accuracies = [], []
             while self.step < self.steps_per_epoch:
                 images, labels, generator = self._batch(self.epoch, self.step)
-                loss, accuracy = self._train_step(images, labels, generator)
+                with self._autocast():
+                    loss, accuracy = self._train_step(images, labels, generator)
                 losses.append(loss)
                 accuracies.append(accuracy)
                 self.step += 1

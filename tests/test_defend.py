@@ -180,6 +180,8 @@ def test_bad_training_inputs(mini_data, tmp_path):
         Trainer(_config(mini_data, tmp_path / "x.safetensors", "magic"))
     with pytest.raises(InputError, match="unknown architecture"):
         Trainer(_config(mini_data, tmp_path / "x.safetensors", arch="resnet9000"))
+    with pytest.raises(InputError, match="unknown precision"):
+        Trainer(_config(mini_data, tmp_path / "x.safetensors", precision="fp8"))
     with pytest.raises(InputError, match="unknown schedule"):
         Trainer(_config(mini_data, tmp_path / "x.safetensors", schedule="linear"))
     defend(_config(mini_data, tmp_path / "x.safetensors", epochs=1))
@@ -320,3 +322,15 @@ def test_cifar_nets_train_at_the_data_size(tmp_path):
     assert model.input_size == 64
     with torch.no_grad():
         assert model(torch.rand(2, 3, 64, 64)).shape == (2, 2)
+
+
+@pytest.mark.parametrize("method", ["natural", "pgd"])
+def test_bf16_training_runs_on_the_cpu_and_changes_the_arithmetic(mini_data, tmp_path, method):
+    histories = {
+        precision: defend(_config(mini_data, tmp_path / f"{precision}.safetensors", method, precision=precision))
+        for precision in ("fp32", "bf16")
+    }
+    assert all(torch.isfinite(torch.tensor(metrics.loss)) for metrics in histories["bf16"])
+    assert histories["bf16"][-1].loss != histories["fp32"][-1].loss  # autocast was on
+    assert abs(histories["bf16"][-1].loss - histories["fp32"][-1].loss) < 0.5
+    load_classifier(str(tmp_path / "bf16.safetensors"), device="cpu")
