@@ -7,7 +7,8 @@ row is a whole process, start-up, decoding and resizing included:
   runs `torchattacks.PGD(eps=8/255, alpha=2/255, steps=10)` batch by batch; it saves nothing.
 - `iwdctl attack --method pgd` with the report's IWD `none`, then `exact`: it also predicts before and
   after, saves and re-reads every PNG, and writes records, the report and the contact sheet.
-- `iwdctl attack --method iwda-fast` (the loader-view-checked small-IWD perturbation).
+- `iwdctl attack --method iwda-fast` (the loader-view-checked small-IWD perturbation), and on request
+  (`--rows ...,iwda-ot`) `iwdctl attack` with its default IWDA.
 - `iwdctl eval --attack pgd10`: clean accuracy, then PGD-10 robust accuracy.
 
     python benchmarks/throughput.py [--images 200] [--batch-size 16] [--device cpu]
@@ -107,6 +108,7 @@ def main() -> None:
                 f"{scratch}/fast",
                 *common,
             ],
+            "iwda-ot": ["iwdctl", "attack", nips, "--iwd", "exact", "--out", f"{scratch}/ot", *common],
             "eval": ["iwdctl", "eval", "--data", nips, "--attack", "pgd10", "--json", f"{scratch}/eval.json", *common],
         }
         names = {
@@ -114,6 +116,7 @@ def main() -> None:
             "none": "`iwdctl attack --method pgd --iwd none`",
             "exact": "`iwdctl attack --method pgd --iwd exact`",
             "iwda-fast": "`iwdctl attack --method iwda-fast`",
+            "iwda-ot": "`iwdctl attack` (the default IWDA, iwda-ot)",
             "eval": "`iwdctl eval --attack pgd10` (clean + PGD-10)",
         }
         best: dict[str, tuple[float, str]] = {}
@@ -126,8 +129,8 @@ def main() -> None:
         for row in rows:
             seconds, stdout = best[row]
             note = ""
-            if row in ("none", "exact", "iwda-fast"):
-                out = {"none": "none", "exact": "exact", "iwda-fast": "fast"}[row]
+            if row in ("none", "exact", "iwda-fast", "iwda-ot"):
+                out = {"none": "none", "exact": "exact", "iwda-fast": "fast", "iwda-ot": "ot"}[row]
                 summary = json.loads(Path(f"{scratch}/{out}/report.json").read_text())["summary"]
                 note = f"ASR {100 * summary['asr']:.1f}%, {summary['seconds_per_image']:.2f} s/image in the attack"
                 if summary["mean_iwd"] is not None:

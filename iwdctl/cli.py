@@ -79,6 +79,9 @@ def eval_command(
         typer.Option(help="Robust accuracy under attacks, e.g. pgd10,fgsm,pgd20 (registry names; pgdN: N steps)."),
     ] = None,
     eps: Annotated[str, typer.Option(help="Budget of the attacks that take one, e.g. 8/255 or 0.03.")] = "8/255",
+    restarts: Annotated[
+        int, typer.Option(min=1, help="Robust only if an image survives this many seeded runs of each attack.")
+    ] = 1,
     generator: Annotated[
         Optional[Path], typer.Option(help="IWDD checkpoint whose generator --attack iwda-amortised uses.")
     ] = None,
@@ -156,7 +159,7 @@ def eval_command(
         result = clean_accuracy(classifier, samples, batch_size, progress, model, ", ".join(map(str, data)), workers)
         for name in attack_names:
             result.robust[name] = robust_accuracy(
-                classifier, samples, name, budget, seed, batch_size, progress, workers, generator=generator
+                classifier, samples, name, budget, seed, batch_size, progress, workers, restarts, generator=generator
             )
     table = Table(title=f"{model}: {result.n} images" + (f", eps {eps}" if attack_names else ""))
     columns = ["model", "images", "top-1", "top-5", *attack_names, "seconds"]

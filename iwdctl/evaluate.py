@@ -109,11 +109,14 @@ def robust_accuracy(
     batch_size: int = 64,
     progress: ProgressCallback = no_progress,
     workers: int = 0,
+    restarts: int = 1,
     **options: Any,
 ) -> float:
     """Accuracy on adversarial examples of every sample, the attack named by `spec` (the registry's:
-    pgd10, fgsm, pgd-l2, iwda-fast, ...); `eps` goes to attacks with a budget. Each image is seeded
-    by its key, as in `iwdctl attack`."""
+    pgd10, fgsm, pgd-l2, iwda-ot, ...); `eps` goes to attacks with a budget. Each image is seeded by
+    its key, as in `iwdctl attack`. With `restarts` R > 1 an image counts as robust only if it
+    survives R runs with different seeds (restart r uses sample r's seed); each restart attacks only
+    the images that survived the ones before."""
     from iwdctl.attacks.runner import sample_seed
 
     attack = make_attack(spec, model, strict=False, eps=eps, **options)
@@ -122,10 +125,16 @@ def robust_accuracy(
     progress(0, len(dataset), spec)
     for images, labels, indices in batches(dataset, batch_size, workers):
         labels = labels.to(model.device)
-        seeds = [sample_seed(seed, samples[int(index)].key, 0) for index in indices]
-        adversarial = attack(images, Misclassification(labels), seeds)
-        with torch.no_grad():
-            correct += (model(adversarial).argmax(1) == labels).sum().item()
+        robust = torch.ones(len(labels), dtype=torch.bool, device=model.device)
+        for restart in range(restarts):
+            rows = robust.nonzero()[:, 0]
+            if len(rows) == 0:
+                break
+            seeds = [sample_seed(seed, samples[int(indices[row])].key, restart) for row in rows.tolist()]
+            adversarial = attack(images[rows.cpu()], Misclassification(labels[rows]), seeds)
+            with torch.no_grad():
+                robust[rows] = model(adversarial).argmax(1) == labels[rows]
+        correct += int(robust.sum().item())
         done += len(labels)
         progress(done, len(dataset), spec)
     return correct / done

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from iwdctl.assignment import min_cost_assignment
-from iwdctl.costs import cost_matrix, row_minima
+from iwdctl.costs import cost_matrix, cost_matrix_torch, row_minima
 from iwdctl.errors import InputError
 from iwdctl.runtime import resolve_device
 
@@ -170,7 +170,9 @@ def _assignment(
     threads: int,
 ) -> np.ndarray:
     """The optimal assignment of the kept patches of x to the kept patches of y (indices among them)."""
-    if keep_u.all() and stride == 1 and x.device.type == "cpu":
+    if x.device.type != "cpu":
+        return _device_assignment(x, y, keep_u, keep_v, patch, stride)
+    if keep_u.all() and stride == 1:
         columns = _nearest_permutation(x, y, u, v, patch, threads)
         if columns is not None:
             return columns
@@ -178,6 +180,21 @@ def _assignment(
     if not keep_u.all():
         cost = cost[np.ix_(keep_u, keep_v)]
     return min_cost_assignment(cost)
+
+
+def _device_assignment(
+    x: torch.Tensor, y: torch.Tensor, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int
+) -> np.ndarray:
+    """_assignment with the float64 cost matrix built by torch on x's device (a GPU): if its row minima
+    fall in distinct columns they are the optimum (as in _nearest_permutation, here with no rounding
+    to re-check); otherwise the matrix goes to the CPU solver."""
+    matrix = cost_matrix_torch(x, y, patch, stride)
+    if not keep_u.all():
+        matrix = matrix[torch.from_numpy(keep_u).to(x.device)][:, torch.from_numpy(keep_v).to(x.device)]
+    nearest = matrix.argmin(dim=1)
+    if len(torch.unique(nearest)) == len(nearest):
+        return nearest.cpu().numpy()
+    return min_cost_assignment(matrix.cpu().numpy())
 
 
 def exact_iwd(x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: int = 1, threads: int = 1) -> float:

@@ -334,3 +334,19 @@ def test_bf16_training_runs_on_the_cpu_and_changes_the_arithmetic(mini_data, tmp
     assert histories["bf16"][-1].loss != histories["fp32"][-1].loss  # autocast was on
     assert abs(histories["bf16"][-1].loss - histories["fp32"][-1].loss) < 0.5
     load_classifier(str(tmp_path / "bf16.safetensors"), device="cpu")
+
+
+def test_restarts_only_lower_robust_accuracy(mini_data, tmp_path):
+    """PGD's random start differs per restart, so more restarts can only find more adversarial examples;
+    FGSM is deterministic, so its restarts change nothing."""
+    from iwdctl.data import discover
+
+    defend(_config(mini_data, tmp_path / "m.safetensors", epochs=1))
+    model = load_classifier(str(tmp_path / "m.safetensors"), device="cpu")
+    samples = discover([mini_data / "val"], model.classes)
+    once = robust_accuracy(model, samples, "pgd5", 4 / 255, batch_size=8)
+    thrice = robust_accuracy(model, samples, "pgd5", 4 / 255, batch_size=8, restarts=3)
+    assert thrice <= once
+    assert robust_accuracy(model, samples, "fgsm", 4 / 255, restarts=3) == robust_accuracy(
+        model, samples, "fgsm", 4 / 255
+    )

@@ -127,6 +127,20 @@ def test_optimal_matching_is_a_permutation_of_pot_cost():
         assert value == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
 
 
+def test_the_device_route_matches_pot(monkeypatch):
+    """The GPU route (torch cost matrix, row-minima certificate, else the CPU solver), run on the CPU."""
+    import importlib
+
+    engine = importlib.import_module("iwdctl.iwd")  # the module: `iwdctl.iwd` is the function
+
+    photo = load_image(shared_data("nips17", "images", "629138193e021cdf.png"))
+    monkeypatch.setattr(
+        engine, "_assignment", lambda x, y, u, v, ku, kv, p, s, t: engine._device_assignment(x, y, ku, kv, p, s)
+    )
+    for kind, (x, y) in perturbed_pairs(photo, 30, seed=9).items():
+        assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
+
+
 def test_real_pairs_shift_beats_noise():
     image = load_image(shared_data("nips17", "images", "0c7ac4a8c9dfa802.png"))
     x = analysis_view(image[None].double(), 40)[0]
