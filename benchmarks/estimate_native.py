@@ -22,7 +22,7 @@ import torchvision.transforms.v2.functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED, header, write_results  # noqa: E402
-from measure_speed import _jpeg, _rearranged  # noqa: E402
+from pairs import jpeg, rearranged  # noqa: E402
 
 from iwdctl.images import load_image, preprocess  # noqa: E402
 from iwdctl.iwd import estimate_iwd  # noqa: E402
@@ -45,10 +45,10 @@ def main() -> None:
             "noise": (x + (torch.randint(0, 2, x.shape, generator=generator) * 2 - 1) * 8 / 255).clamp(0, 1),
             "gaussian": (x + 0.03 * torch.randn(x.shape, generator=generator)).clamp(0, 1),
             "blur": TF.gaussian_blur(x, [7, 7], [1.0, 1.0]),
-            "jpeg": _jpeg(x, 30),
+            "jpeg": jpeg(x, 30),
             "shift": preprocess(photo[:, 3:, 3:], arguments.size),
             "rotation": TF.rotate(x, 3.0, interpolation=TF.InterpolationMode.BILINEAR),
-            "rearranged": _rearranged(x, generator),
+            "rearranged": rearranged(x, generator),
         }
         for kind, y in made.items():
             a, b = x.to(arguments.device), y.to(arguments.device)

@@ -15,7 +15,6 @@ at the default analysis size 64 (3364 patches) and at 128 (14884 patches).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import subprocess
 import sys
@@ -23,39 +22,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import ot
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED, header, write_results  # noqa: E402
+from pairs import jpeg, rearranged  # noqa: E402
 
 from iwdctl.images import load_image, preprocess, save_png  # noqa: E402
 from iwdctl.iwd import analysis_view, estimate_iwd, exact_iwd, patches  # noqa: E402
 
 KINDS = ("noise", "gaussian", "blur", "jpeg", "shift", "rotation", "rearranged", "pgd")
-
-
-def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    buffer = io.BytesIO()
-    Image.fromarray((x.permute(1, 2, 0) * 255).round().byte().numpy()).save(buffer, "JPEG", quality=quality)
-    return torch.from_numpy(np.array(Image.open(buffer))).permute(2, 0, 1).float() / 255
-
-
-def _rearranged(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    channels, height, width = x.shape
-    block = height // 4
-    tiles = (
-        x[:, : 4 * block, : 4 * block]
-        .unfold(1, block, block)
-        .unfold(2, block, block)
-        .reshape(channels, 16, block, block)
-    )
-    tiles = tiles[:, torch.randperm(16, generator=generator)].reshape(channels, 4, 4, block, block)
-    out = tiles.permute(0, 1, 3, 2, 4).reshape(channels, 4 * block, 4 * block)
-    return TF.gaussian_blur(out, [3, 3], [0.6, 0.6])
 
 
 def make_pairs(folder: Path, count: int) -> None:
@@ -70,10 +48,10 @@ def make_pairs(folder: Path, count: int) -> None:
             "noise": (x + (torch.randint(0, 2, x.shape, generator=generator) * 2 - 1) * 8 / 255).clamp(0, 1),
             "gaussian": (x + 0.03 * torch.randn(x.shape, generator=generator)).clamp(0, 1),
             "blur": TF.gaussian_blur(x, [7, 7], [1.0, 1.0]),
-            "jpeg": _jpeg(x, 30),
+            "jpeg": jpeg(x, 30),
             "shift": photo[:, 3:291, 3:291],
             "rotation": TF.rotate(x, 3.0, interpolation=TF.InterpolationMode.BILINEAR),
-            "rearranged": _rearranged(x, generator),
+            "rearranged": rearranged(x, generator),
         }
         for kind, y in made.items():
             save_png(x, folder / kind / "orig" / f"{index:02d}.png")

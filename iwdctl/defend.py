@@ -412,8 +412,10 @@ class Trainer:
         # updates BatchNorm's running statistics, so at test time adversarial inputs meet the statistics
         # they were trained with, as in PGD training.
         self.model.train()
+        # The clean pass bypasses DDP's wrapper: DDP refuses a second forward before a backward (torch
+        # 2.11), and one backward through both passes still reduces every gradient exactly once.
         with batchnorm_statistics_kept(self.model):
-            clean_loss = F.cross_entropy(self.network(images), labels)
+            clean_loss = F.cross_entropy(self.model(images), labels)
         adversarial_logits = self.network(adversarial)
         loss = (config.beta * clean_loss + F.cross_entropy(adversarial_logits, labels)) / (1 + config.beta)
         self._sgd_step(loss)

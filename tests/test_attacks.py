@@ -19,7 +19,7 @@ from .conftest import shared_data
 FAST_OPTIONS = {
     "fgsm": {"eps": 16 / 255},
     "pgd": {"eps": 16 / 255},
-    "pgd-l2": {"eps": 2.0},
+    "pgd-l2": {"eps": 2.0, "alpha": 0.5},  # steps of eps / 4, as PGD's l-inf default
     "eot": {"samples": 4, "eps": 16 / 255},
     "adef": {"steps": 20},
     "stadv": {"steps": 100, "tau": 0.0005, "lr": 0.2},

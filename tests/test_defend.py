@@ -277,7 +277,7 @@ def test_two_process_iwdd_trains_one_generator_and_critic(mini_data, tmp_path):
     command += [str(mini_data), str(tmp_path / "iwdd.safetensors"), str(tmp_path / "gan-rank")]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[:4000]  # the ranks' tracebacks come first
     first, second = (load_file(str(tmp_path / f"gan-rank{rank}.safetensors")) for rank in (0, 1))
     assert first.keys() == second.keys() and any(key.startswith("critic.") for key in first)
     for key, value in first.items():

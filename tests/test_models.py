@@ -126,7 +126,7 @@ def test_pickles_load_only_weights(tmp_path):
         read_state_dict(tmp_path / "evil.pth")
     network = ARCHITECTURES["resnet18"].build(1000)
     torch.save(network.state_dict(), tmp_path / "r18.pth")
-    loaded = load_classifier("resnet18", weights=str(tmp_path / "r18.pth"))
+    loaded = load_classifier("resnet18", weights=str(tmp_path / "r18.pth"), device="cpu")
     assert torch.equal(loaded.network.fc.weight, network.fc.weight)
 
 
