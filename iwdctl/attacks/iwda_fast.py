@@ -39,7 +39,8 @@ class IWDAFast(PatchDistributionAttack):
         self.projections = projections
 
     def objective(self, images: torch.Tensor, generators: list[torch.Generator]) -> PatchObjective:
-        def loss(candidate: torch.Tensor, step: int, active: torch.Tensor) -> torch.Tensor:
-            return pyramid_patch_loss(images, candidate, generators, self.patch, projections=self.projections)
+        def loss(candidate: torch.Tensor, step: int, rows: torch.Tensor) -> torch.Tensor:
+            chosen = [generators[row] for row in rows.tolist()]
+            return pyramid_patch_loss(images[rows], candidate, chosen, self.patch, projections=self.projections)
 
         return loss

@@ -61,14 +61,14 @@ class IWDAOT(PatchDistributionAttack):
         def match(view: torch.Tensor, index: int) -> torch.Tensor:
             return torch.from_numpy(optimal_matching(view, reference_view[index], self.patch))
 
-        def loss(candidate: torch.Tensor, step: int, active: torch.Tensor) -> torch.Tensor:
+        def loss(candidate: torch.Tensor, step: int, rows: torch.Tensor) -> torch.Tensor:
             if step % self.rematch == 0:
                 views = analysis_view(candidate.detach(), self.size).cpu()
-                rows = active.nonzero()[:, 0].tolist()
-                with ThreadPoolExecutor(min(cpu_threads(), len(rows))) as pool:
-                    matchings = list(pool.map(lambda row: match(views[row], row), rows))
-                for row, matching in zip(rows, matchings):
+                indices = rows.tolist()
+                with ThreadPoolExecutor(min(cpu_threads(), len(indices))) as pool:
+                    matchings = list(pool.map(lambda pair: match(views[pair[0]], pair[1]), enumerate(indices)))
+                for row, matching in zip(indices, matchings):
                     targets[row] = reference[row][matching.to(reference.device)]
-            return (self._patches(candidate) - targets).abs().mean(dim=(1, 2))
+            return (self._patches(candidate) - targets[rows]).abs().mean(dim=(1, 2))
 
         return loss

@@ -14,7 +14,7 @@ from iwdctl.criteria import Criterion
 from iwdctl.images import quantize
 from iwdctl.models import ImageClassifier
 
-# (candidate images, step, rows still running) -> per-image patch loss (N,)
+# (candidates of the rows still running, step, those rows' indices in the batch) -> their patch losses
 PatchObjective = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 
 
@@ -109,19 +109,24 @@ class PatchDistributionAttack(Attack):
         for step in range(self.steps):
             if self.escalate_every and step and step % self.escalate_every == 0:
                 tau = torch.where(active, tau * self.escalate, tau)
-            candidate = variable.clamp(0, 1)
-            margin = self._margin(candidate, criterion)
+            # Only the rows still running are computed: a batch costs what its unfinished images cost,
+            # and each row's trajectory (and its generator's draws) depends on that row alone.
+            rows = active.nonzero()[:, 0]
+            candidate = variable[rows].clamp(0, 1)
+            criterion_rows = criterion.select(rows)
+            margin = self._margin(candidate, criterion_rows)
             with torch.no_grad():
                 rounded = quantize(candidate)
-                ready = active & (margin > self.kappa)
-                if ready.any():
-                    rounded_margin = self._margin(rounded[ready], criterion.select(ready))
-                    finished = ready.nonzero()[:, 0][rounded_margin >= self.kappa]
-                    result[finished] = rounded[finished]
-                    active[finished] = False
+                finished = margin > self.kappa
+                if finished.any():
+                    rounded_margin = self._margin(rounded[finished], criterion_rows.select(finished))
+                    finished[finished.clone()] = rounded_margin >= self.kappa
+                    result[rows[finished]] = rounded[finished]
+                    active[rows[finished]] = False
             if not active.any():
                 break
-            loss = (tau * torch.clamp(-margin, min=-self.kappa) + patch_loss(candidate, step, active)) * active
+            running = ~finished
+            loss = (tau[rows] * torch.clamp(-margin, min=-self.kappa) + patch_loss(candidate, step, rows)) * running
             optimizer.zero_grad()
             loss.sum().backward()
             variable.grad[~active] = 0  # finished images stay where they stopped
