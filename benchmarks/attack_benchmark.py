@@ -76,19 +76,6 @@ def balanced_subset(data: Path, per_class: int, into: Path) -> Path:
     return into
 
 
-# method -> images per mode on 2 CPU cores (extra options)
-PLAN: list[tuple[str, int, list[str]]] = [
-    ("iwda-fast", 100, []),
-    ("fgsm", 100, []),
-    ("pgd", 100, []),
-    ("pgd-l2", 100, []),
-    ("adef", 100, []),
-    ("iwda", 2, ["--preset", "quick"]),
-    ("eot", 50, []),
-    ("stadv", 40, []),
-]
-
-
 def recheck(out: Path, model: ImageClassifier) -> list[float]:
     """ASR of the saved PNGs read back by Pillow and torchvision (not iwdctl's loader) and fed to the
     network three ways: with the model's own preprocessing (should equal ASR), with ImageNet's
