@@ -58,7 +58,7 @@ def sandbox(tmp_path_factory) -> Path:
     (data / "nips17" / "images.csv").write_text("\n".join(rows) + "\n")
     for row in rows[1:]:
         shutil.copy(nips / "images" / f"{row.split(',')[0]}.png", data / "nips17" / "images")
-    for name, per_folder in (("tiny6", 6), ("imagenette64", 3)):
+    for name, per_folder in (("tiny6", 3), ("imagenette64", 2)):
         if (shared_data() / name).exists():
             _copy_some(shared_data(name), data / name, per_folder)
     # Paths the examples use in the project folder.

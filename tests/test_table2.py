@@ -24,7 +24,7 @@ def test_table2_harness_aggregates_its_own_runs_and_resumes(tmp_path):
                 shutil.copy(file, tmp_path / "data" / split / name / file.name)
     command = [sys.executable, str(ROOT / "benchmarks" / "table2.py"), "--data", str(tmp_path / "data")]
     command += ["--arch", "small_cnn", "--epochs", "1", "--seeds", "2", "--methods", "pgd,iwdd", "--batch-size", "16"]
-    command += ["--eval-limit", "12", "--iwda-limit", "4", "--runs", str(tmp_path / "runs")]
+    command += ["--eval-limit", "12", "--iwda-limit", "4", "--runs", str(tmp_path / "runs"), "--parallel", "2"]
     command += ["--results", str(tmp_path / "table2.md")]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(command, check=True, capture_output=True, text=True, env=environment, timeout=600)
