@@ -143,6 +143,13 @@ def _nearest_permutation(
 def optimal_matching(x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: int = 1, threads: int = 1) -> np.ndarray:
     """An optimal one-to-one matching of the patches of two analysis-size images (3, H, W): entry i is
     the patch of y matched to patch i of x. Identical patches are matched to each other first."""
+    return _matching(x, y, patch, stride, threads)[0]
+
+
+def _matching(
+    x: torch.Tensor, y: torch.Tensor, patch: int, stride: int, threads: int
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """optimal_matching, with the float64 patches of x and y (CPU) it was computed from."""
     x, y = x.detach().double(), y.detach().double()
     u, v = patches(x, patch, stride).cpu(), patches(y, patch, stride).cpu()
     keep_u, keep_v, groups_u, groups_v = _unshared(u, v)
@@ -155,7 +162,7 @@ def optimal_matching(x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: i
     ]
     if keep_u.any():
         matching[keep_u] = np.nonzero(keep_v)[0][_assignment(x, y, u, v, keep_u, keep_v, patch, stride, threads)]
-    return matching
+    return matching, u, v
 
 
 def _assignment(
@@ -199,8 +206,7 @@ def _device_assignment(
 
 def exact_iwd(x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: int = 1, threads: int = 1) -> float:
     """Exact IWD of two analysis-size images (3, H, W), in float64. `threads` split the cost matrix."""
-    matching = optimal_matching(x, y, patch, stride, threads)
-    u, v = patches(x.detach().double(), patch, stride).cpu(), patches(y.detach().double(), patch, stride).cpu()
+    matching, u, v = _matching(x, y, patch, stride, threads)
     # The value from the matched patches' costs summed directly, not from the matrix, as POT does.
     matched = (u - v[torch.from_numpy(matching)]).abs().mean(dim=1)
     return float(matched.sum() / len(u))
