@@ -5,7 +5,9 @@ same minibatches in turn (round robin, so a slower or faster spell of the machin
 alike); the mean seconds per step times the steps per epoch gives seconds per epoch (free training:
 per pass of m replays). The first steps of each method are warm-up and not counted.
 
-    python benchmarks/epoch_time.py [--steps 30] [--arch preact_resnet18_w16] [--batch-size 32]
+    python benchmarks/epoch_time.py [--data tiny6] [--steps 30] [--arch preact_resnet18_w16] [--batch-size 32]
+
+Writes benchmarks/results/epoch_time.md for tiny6, epoch_time_<data>.md for other data; sizes a GPU run.
 """
 
 from __future__ import annotations
@@ -39,12 +41,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per method, after warm-up")
     parser.add_argument("--arch", default="preact_resnet18_w16")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--data", default="tiny6", help="a folder of ../shared/data")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory() as temporary:
         trainers = {
             label: Trainer(
                 TrainConfig(
-                    data=str(SHARED / "tiny6"),
+                    data=str(SHARED / arguments.data),
                     out=str(Path(temporary) / f"{index}.safetensors"),
                     method=method,
                     arch=arguments.arch,
@@ -70,13 +73,13 @@ def main() -> None:
         mean = statistics.mean(timings)
         per_epoch = mean * steps_per_epoch
         rows.append(f"| {label} | {1000 * mean:.0f} | {per_epoch:.1f} | {per_epoch / pgd10:.2f} |")
-    text = header(f"Seconds per training epoch on tiny6 ({arguments.arch}, batch {arguments.batch_size})")
+    text = header(f"Seconds per training epoch on {arguments.data} ({arguments.arch}, batch {arguments.batch_size})")
     text += (
         f"\n{arguments.steps} timed steps per method after {WARMUP} warm-up steps, methods in turn on the same "
-        f"minibatches; an epoch is {steps_per_epoch} steps of tiny6/train; {torch.get_num_threads()} threads.\n\n"
+        f"minibatches; an epoch is {steps_per_epoch} steps of {arguments.data}/train; {torch.get_num_threads()} threads.\n\n"
         "| method | ms / step (mean) | s / epoch | vs PGD-10 |\n| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
     )
-    write_results("epoch_time.md", text)
+    write_results("epoch_time.md" if arguments.data == "tiny6" else f"epoch_time_{arguments.data}.md", text)
     print(text)
 
 

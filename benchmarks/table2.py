@@ -38,6 +38,12 @@ from iwdctl.files import write_json_atomic  # noqa: E402
 from iwdctl.models import load_classifier, read_checkpoint_metadata  # noqa: E402
 
 METHODS = ("natural", "free", "pgd", "iwdd")
+# IWDD variants (--methods may name them beside the four): name -> `iwdctl defend` options.
+VARIANTS = {
+    "iwdd-samples": ["--sample-weight", "1"],  # a loss on the generator's raw samples as well
+    "iwdd-r2": ["--refine-steps", "2"],  # fewer PGD steps refining the generator's samples
+    "iwdd-r0-samples": ["--refine-steps", "0", "--sample-weight", "1"],  # no PGD: projected and raw samples
+}
 COLUMNS = ("clean", "pgd10", "pgd20", "iwda")
 
 
@@ -64,7 +70,9 @@ def train(method: str, seed: int, arguments: argparse.Namespace) -> Path:
     checkpoint = arguments.runs / f"{method}-s{seed}.safetensors"
     if trained(checkpoint, arguments.epochs):
         return checkpoint
-    command = [sys.executable, "-m", "iwdctl", "defend", "--data", str(arguments.data), "--method", method]
+    base = method.split("-")[0]
+    command = [sys.executable, "-m", "iwdctl", "defend", "--data", str(arguments.train_data), "--method", base]
+    command += VARIANTS.get(method, [])
     command += ["--arch", arguments.arch, "--epochs", str(arguments.epochs), "--batch-size", str(arguments.batch_size)]
     command += ["--lr", str(arguments.lr), "--schedule", arguments.schedule, "--precision", arguments.precision]
     command += [
@@ -79,6 +87,21 @@ def train(method: str, seed: int, arguments: argparse.Namespace) -> Path:
         command.append("--resume")
     subprocess.run(command, check=True, capture_output=True, text=True)
     return checkpoint
+
+
+def training_subset(data: Path, per_class: int, runs: Path) -> Path:
+    """A folder of links to the first `per_class` training images of each class (and all of val/):
+    the CPU proxy's smaller training set."""
+    root = runs / f"data-{data.name}-{per_class}"
+    for split in ("train", "val"):
+        for folder in sorted(path for path in (data / split).iterdir() if path.is_dir()):
+            files = sorted(path for path in folder.iterdir() if path.is_file())
+            (root / split / folder.name).mkdir(parents=True, exist_ok=True)
+            for file in files[:per_class] if split == "train" else files:
+                link = root / split / folder.name / file.name
+                if not link.exists():
+                    link.symlink_to(file.resolve())
+    return root
 
 
 def evaluate(checkpoint: Path, arguments: argparse.Namespace) -> dict[str, float]:
@@ -145,10 +168,17 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=None, help="val images for clean and PGD accuracy")
     parser.add_argument("--iwda-limit", type=int, default=200, help="val images for accuracy under IWDA")
     parser.add_argument("--runs", type=Path, default=Path("runs/table2"))
+    parser.add_argument("--train-per-class", type=int, default=None, help="train on the first N images per class")
     parser.add_argument("--results", default=None, help="results file name (default: table2_<data>.md)")
     arguments = parser.parse_args()
     arguments.runs.mkdir(parents=True, exist_ok=True)
     methods = arguments.methods.split(",")
+    unknown = [method for method in methods if method not in METHODS and method not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; known: {', '.join([*METHODS, *VARIANTS])}")
+    arguments.train_data = arguments.data
+    if arguments.train_per_class:
+        arguments.train_data = training_subset(arguments.data, arguments.train_per_class, arguments.runs)
     jobs = [(method, seed) for seed in range(arguments.seeds) for method in methods]
     with ThreadPoolExecutor(arguments.parallel) as pool:
         checkpoints = dict(zip(jobs, pool.map(lambda job: train(*job, arguments), jobs)))
@@ -160,6 +190,7 @@ def main() -> None:
     lines = [
         header(
             f"Table 2 on {arguments.data.name}: {arguments.arch}, {arguments.epochs} epochs, {arguments.seeds} seeds"
+            + (f", {arguments.train_per_class} training images per class" if arguments.train_per_class else "")
         ),
         __doc__.split("\n\n")[2].replace("\n", " ") + "\n",
         "| method | " + " | ".join(COLUMNS) + " | s / epoch |",
@@ -173,11 +204,11 @@ def main() -> None:
             cells.append(f"{statistics.fmean(values):.1f} ± {spread:.1f}")
         seconds = statistics.fmean(epoch_seconds[(method, seed)] for seed in range(arguments.seeds))
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {seconds:.1f} |")
-    if {"pgd", "iwdd"} <= set(methods):
-        lines += ["\nIWDD minus PGD training, paired by seed (points, mean ± 95% t-interval half-width):\n"]
+    for variant in [method for method in methods if method.startswith("iwdd")] if "pgd" in methods else []:
+        lines += [f"\n{variant} minus PGD training, paired by seed (points, mean ± 95% t-interval half-width):\n"]
         for column in COLUMNS:
             differences = [
-                100 * (results[("iwdd", seed)][column] - results[("pgd", seed)][column])
+                100 * (results[(variant, seed)][column] - results[("pgd", seed)][column])
                 for seed in range(arguments.seeds)
             ]
             mean, half = t_interval(differences)

@@ -408,7 +408,7 @@ def defend_command(
         str, typer.Option(help="multistep (lr x0.1 at 50% and 75% of the steps) or cosine (annealed to 0).")
     ] = "multistep",
     precision: Annotated[
-        str, typer.Option(help="fp32, or bf16: forward and backward passes under bfloat16 autocast.")
+        str, typer.Option(help="fp32, or bf16: bfloat16 autocast and channels_last weights.")
     ] = "fp32",
     eps: Annotated[str, typer.Option(help="l-inf budget of pgd and free training.")] = "8/255",
     pgd_steps: Annotated[
@@ -417,6 +417,12 @@ def defend_command(
     replays: Annotated[int, typer.Option(min=1, help="Free training: replays m per minibatch.")] = 4,
     beta: Annotated[float, typer.Option(help="IWDD: weight of the clean loss.")] = 0.1,
     tau: Annotated[float, typer.Option(help="IWDD: weight of the generator's classification loss.")] = 0.1,
+    refine_steps: Annotated[
+        Optional[int], typer.Option(min=0, help="IWDD: PGD steps refining the generator's samples (default K).")
+    ] = None,
+    sample_weight: Annotated[
+        float, typer.Option(help="IWDD: weight of the loss on the generator's raw, unrefined samples.")
+    ] = 0.0,
     save_every: Annotated[int, typer.Option(min=0, help="Also save the training state every N steps.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run whose state lies beside --out.")] = False,
     device: DeviceOption = None,
@@ -434,7 +440,7 @@ def defend_command(
 
     if out.suffix != ".safetensors":
         raise IwdctlError(f"{out}: checkpoints are written as .safetensors")
-    for name, value in (("--lr", lr), ("--beta", beta), ("--tau", tau)):
+    for name, value in (("--lr", lr), ("--beta", beta), ("--tau", tau), ("--sample-weight", sample_weight)):
         require_non_negative(value, name)
     budget = parse_budget(eps)
     rank, world_size, target_device = distributed_context(resolve_device(device))
@@ -452,6 +458,8 @@ def defend_command(
         replays=replays,
         beta=beta,
         tau=tau,
+        refine_steps=refine_steps,
+        sample_weight=sample_weight,
         seed=seed,
         save_every=save_every,
         schedule=schedule,

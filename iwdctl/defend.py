@@ -15,7 +15,7 @@ import io
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,10 @@ from iwdctl.attacks.iwda import PatchCritic, critic_scores, gradient_penalty
 from iwdctl.attacks.iwda_amortised import GENERATOR_PREFIX, ConditionalGenerator
 from iwdctl.attacks.pgd import PGD
 from iwdctl.criteria import Misclassification, bounded_classification_loss
+from iwdctl.data import ImageDataset, Sample, default_workers
 from iwdctl.errors import InputError
 from iwdctl.files import write_atomic, write_text_atomic
-from iwdctl.images import is_image_file, load_image, preprocess
+from iwdctl.images import is_image_file
 from iwdctl.models import ARCHITECTURES, ImageClassifier, save_classifier
 from iwdctl.runtime import ProgressCallback, batchnorm_statistics_kept, frozen, no_progress
 
@@ -61,13 +62,15 @@ class TrainConfig:
     pgd_steps: int = 7
     replays: int = 4
     beta: float = 0.1
+    refine_steps: int | None = None  # IWDD: PGD steps refining the generator's samples (None: pgd_steps)
+    sample_weight: float = 0.0  # IWDD: weight of the CE on the generator's raw, unrefined samples
     tau: float = 0.1
     alpha: float = 10.0
     kappa: float = 1.0
     seed: int = 0
     save_every: int = 0
     schedule: str = "multistep"
-    precision: str = "fp32"  # bf16: forward and backward passes under bfloat16 autocast
+    precision: str = "fp32"  # bf16: bfloat16 autocast and channels_last weights (tensor-core friendly)
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -80,17 +83,62 @@ class TrainConfig:
             raise InputError(f"unknown architecture {self.arch!r}; known: {', '.join(ARCHITECTURES)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError("--epochs and --batch-size must be at least 1")
+        if self.refine_steps is not None and self.refine_steps < 0:
+            raise InputError(f"--refine-steps must be at least 0, not {self.refine_steps}")
+        if self.sample_weight < 0 or self.beta < 0:
+            raise InputError("--beta and --sample-weight must be at least 0")
 
     @property
     def pgd_alpha(self) -> float:
         return 2.5 * self.eps / self.pgd_steps  # Madry et al.'s step: 2.5 eps / K
 
+    @property
+    def iwdd_refine_steps(self) -> int:
+        return self.pgd_steps if self.refine_steps is None else self.refine_steps
+
 
 @dataclass
 class ImageSet:
-    images: torch.Tensor  # (N, 3, S, S) in [0, 1]
+    """One split: its image files and labels, and the decoded images when they are held in memory.
+
+    `images` is None when the split is streamed from disk (too large for memory): `gather` then decodes
+    the requested images in DataLoader workers ahead of the training loop.
+    """
+
+    samples: list[Sample]
     labels: torch.Tensor
     class_names: list[str]
+    input_size: int
+    images: torch.Tensor | None = None  # (N, 3, S, S) in [0, 1], on the CPU or the training device
+
+    def gather(self, index_batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The images of each index batch, in order: indexed in memory, or decoded from disk."""
+        if self.images is not None:
+            for indices in index_batches:
+                yield self.images[indices.to(self.images.device)]
+            return
+        dataset = ImageDataset(self.samples, self.input_size, 1.0)
+        workers = default_workers()
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=[indices.tolist() for indices in index_batches],
+            num_workers=workers,
+            prefetch_factor=4 if workers else None,
+        )
+        for images, _, _ in loader:
+            yield images
+
+    def statistics(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and standard deviation over at most STATISTICS_IMAGES images (a fixed choice)."""
+        count = len(self.labels)
+        chosen = torch.arange(count)
+        if count > STATISTICS_IMAGES:
+            chosen = torch.randperm(count, generator=torch.Generator().manual_seed(0))[:STATISTICS_IMAGES].sort()[0]
+        images = torch.cat([batch.cpu() for batch in self.gather(chosen.split(1024))])
+        return images.mean(dim=(0, 2, 3)).tolist(), images.std(dim=(0, 2, 3)).tolist()
+
+
+STATISTICS_IMAGES = 10_000
 
 
 def fits_on(device: torch.device, size: int) -> bool:
@@ -113,8 +161,18 @@ def data_input_size(folder: Path) -> int:
     raise InputError(f"{folder}: no training images")
 
 
+def fits_in_memory(size: int) -> bool:
+    """Whether `size` bytes of decoded images may be held in host memory: a quarter of it."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return size < total // 4
+
+
 def load_split(root: Path, split: str, input_size: int, class_names: list[str] | None = None) -> ImageSet:
-    """An ImageFolder split (`train/` or `val/`) loaded into memory at the input size."""
+    """An ImageFolder split (`train/` or `val/`) at the input size: decoded into memory when it fits
+    (a quarter of host memory), else streamed from disk by `ImageSet.gather`."""
     folder = root / split
     if not folder.is_dir():
         raise InputError(f"{root}: needs {split}/ with one folder per class (ImageFolder layout)")
@@ -123,15 +181,17 @@ def load_split(root: Path, split: str, input_size: int, class_names: list[str] |
         raise InputError(f"{folder}: no class folders")
     if class_names is not None and classes != class_names:
         raise InputError(f"{folder}: classes {classes} differ from train/'s {class_names}")
-    images, labels = [], []
+    samples = []
     for index, name in enumerate(classes):
         files = sorted(path for path in (folder / name).rglob("*") if path.is_file() and is_image_file(path))
         if not files:
             raise InputError(f"{folder / name}: class folder without images")
-        for file in files:
-            images.append(preprocess(load_image(file), input_size, 1.0))
-            labels.append(index)
-    return ImageSet(torch.stack(images), torch.tensor(labels), classes)
+        samples += [Sample(file, str(file.relative_to(folder).with_suffix("")), index) for file in files]
+    labels = torch.tensor([sample.label for sample in samples])
+    split_set = ImageSet(samples, labels, classes, input_size)
+    if fits_in_memory(len(samples) * 3 * input_size * input_size * 4):
+        split_set.images = torch.cat(list(split_set.gather(torch.arange(len(samples)).split(1024))))
+    return split_set
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
@@ -180,12 +240,12 @@ class Trainer:
         input_size = architecture.input_size or data_input_size(root / "train")
         self.train_set = load_split(root, "train", input_size)
         self.val_set = load_split(root, "val", input_size, self.train_set.class_names)
-        if fits_on(self.device, self.train_set.images.nbytes + self.val_set.images.nbytes):
+        held = [split.images for split in (self.train_set, self.val_set) if split.images is not None]
+        if len(held) == 2 and fits_on(self.device, sum(images.nbytes for images in held)):
             # Minibatches are then gathered and augmented on the device, without host transfers.
             self.train_set = replace(self.train_set, images=self.train_set.images.to(self.device))
             self.val_set = replace(self.val_set, images=self.val_set.images.to(self.device))
-        mean = self.train_set.images.mean(dim=(0, 2, 3)).tolist()
-        std = self.train_set.images.std(dim=(0, 2, 3)).tolist()
+        mean, std = self.train_set.statistics()
         torch.manual_seed(config.seed)
         self.model = ImageClassifier(
             architecture.build(len(self.train_set.class_names)),
@@ -196,6 +256,9 @@ class Trainer:
             mean=mean,
             std=std,
         ).to(self.device)
+        if config.precision == "bf16":
+            # NHWC is the layout bf16 convolutions run fastest in on tensor cores (and oneDNN).
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.network: nn.Module = self.model
         if world_size > 1:
             self.network = nn.parallel.DistributedDataParallel(self.model)
@@ -287,16 +350,19 @@ class Trainer:
 
     # ----- training ----------------------------------------------------------------------------
 
-    def _batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
-        """This rank's share of global minibatch `step` of `epoch`, augmented; deterministic per step."""
+    def _batches(self, epoch: int, first_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Generator]]:
+        """This rank's share of each global minibatch of `epoch` from `first_step` on, augmented on the
+        device; deterministic per step, so a resumed epoch continues with the same minibatches."""
         order = torch.randperm(
             len(self.train_set.labels), generator=torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
         )
-        indices = order[step * self.config.batch_size : (step + 1) * self.config.batch_size]
-        indices = indices[self.rank :: self.world_size]
-        generator = torch.Generator().manual_seed(hash((self.config.seed, epoch, step)) % 2**63)
-        images = augment(self.train_set.images[indices.to(self.train_set.images.device)], generator)
-        return images.to(self.device), self.train_set.labels[indices].to(self.device), generator
+        size = self.config.batch_size
+        steps = range(first_step, self.steps_per_epoch)
+        shares = [order[step * size : (step + 1) * size][self.rank :: self.world_size] for step in steps]
+        for step, indices, images in zip(steps, shares, self.train_set.gather(shares)):
+            generator = torch.Generator().manual_seed(hash((self.config.seed, epoch, step)) % 2**63)
+            images = augment(images.to(self.device), generator)
+            yield images, self.train_set.labels[indices].to(self.device), generator
 
     def _average_gradients(self, module: nn.Module) -> None:
         """Under torchrun, average a module's gradients over processes, as DDP does for the classifier.
@@ -402,9 +468,10 @@ class Trainer:
         # sample, projected onto the eps-ball, starts PGD training's K steps in place of its uniform start.
         with torch.no_grad():
             fake = self.generator(images, noise)
-        start = projected_start(images, fake, config.eps)
-        refine = PGD(self.model, config.eps, config.pgd_alpha, config.pgd_steps, random_start=False)
-        adversarial = refine.refine(images, start, criterion)
+        adversarial = projected_start(images, fake, config.eps)
+        if steps := config.iwdd_refine_steps:
+            refine = PGD(self.model, config.eps, 2.5 * config.eps / steps, steps, random_start=False)
+            adversarial = refine.refine(images, adversarial, criterion)
         # Classifier: beta * CE(h(x), y) + CE(h(x~), y), divided by 1 + beta so that its gradient has the
         # scale of PGD training's whatever beta (all methods share one learning-rate schedule; undivided,
         # beta 0.5 cost 2.3 points of clean accuracy: weights/README.md). Clean and adversarial images go
@@ -416,8 +483,11 @@ class Trainer:
         # 2.11), and one backward through both passes still reduces every gradient exactly once.
         with batchnorm_statistics_kept(self.model):
             clean_loss = F.cross_entropy(self.model(images), labels)
+            # A variant: the generator's raw samples (the paper's x~, IWD-close but not eps-bounded) too.
+            sample_loss = F.cross_entropy(self.model(fake), labels) if config.sample_weight else 0.0
         adversarial_logits = self.network(adversarial)
-        loss = (config.beta * clean_loss + F.cross_entropy(adversarial_logits, labels)) / (1 + config.beta)
+        loss = config.beta * clean_loss + F.cross_entropy(adversarial_logits, labels)
+        loss = (loss + config.sample_weight * sample_loss) / (1 + config.beta + config.sample_weight)
         self._sgd_step(loss)
         return loss.item(), (adversarial_logits.argmax(1) == labels).float().mean().item()
 
@@ -431,10 +501,10 @@ class Trainer:
         self.model.eval()
         correct = 0
         with self._autocast():
-            for start in range(0, len(self.val_set.labels), 256):
-                images = self.val_set.images[start : start + 256].to(self.device)
-                predicted = self.model(images).argmax(1).cpu()
-                correct += (predicted == self.val_set.labels[start : start + 256].cpu()).sum().item()
+            index_batches = torch.arange(len(self.val_set.labels)).split(256)
+            for indices, images in zip(index_batches, self.val_set.gather(index_batches)):
+                predicted = self.model(images.to(self.device)).argmax(1).cpu()
+                correct += (predicted == self.val_set.labels[indices]).sum().item()
         return correct / len(self.val_set.labels)
 
     def fit(
@@ -451,8 +521,7 @@ class Trainer:
         while self.epoch < self.passes:
             start = time.perf_counter()
             losses, accuracies = [], []
-            while self.step < self.steps_per_epoch:
-                images, labels, generator = self._batch(self.epoch, self.step)
+            for images, labels, generator in self._batches(self.epoch, self.step):
                 with self._autocast():
                     loss, accuracy = self._train_step(images, labels, generator)
                 losses.append(loss)

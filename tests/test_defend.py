@@ -334,6 +334,29 @@ def test_bf16_training_runs_on_the_cpu_and_changes_the_arithmetic(mini_data, tmp
     assert histories["bf16"][-1].loss != histories["fp32"][-1].loss  # autocast was on
     assert abs(histories["bf16"][-1].loss - histories["fp32"][-1].loss) < 0.5
     load_classifier(str(tmp_path / "bf16.safetensors"), device="cpu")
+    trainer = Trainer(_config(mini_data, tmp_path / "nhwc.safetensors", method, precision="bf16"))
+    convolution = next(module for module in trainer.model.modules() if isinstance(module, torch.nn.Conv2d))
+    assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("method", ["natural", "iwdd"])
+def test_streaming_from_disk_trains_the_same_model_as_in_memory(mini_data, tmp_path, monkeypatch, method):
+    """A folder too large for memory is decoded per minibatch by DataLoader workers; same minibatches,
+    same augmentation, same weights as when the images are held in memory."""
+    import iwdctl.defend as training
+
+    defend(_config(mini_data, tmp_path / "memory.safetensors", method, epochs=1))
+    monkeypatch.setattr(training, "fits_in_memory", lambda size: False)
+    monkeypatch.setattr(training, "default_workers", lambda: 2)
+    streamed_trainer = Trainer(_config(mini_data, tmp_path / "disk.safetensors", method, epochs=1))
+    assert streamed_trainer.train_set.images is None and streamed_trainer.val_set.images is None
+    history = streamed_trainer.fit()
+    in_memory = load_classifier(str(tmp_path / "memory.safetensors"), device="cpu")
+    streamed = load_classifier(str(tmp_path / "disk.safetensors"), device="cpu")
+    assert streamed.mean == in_memory.mean and streamed.std == in_memory.std
+    assert history[-1].val_accuracy == in_memory.metadata["metrics"]["val_accuracy"]
+    for (name, expected), actual in zip(in_memory.state_dict().items(), streamed.state_dict().values()):
+        assert torch.equal(expected, actual), name
 
 
 def test_restarts_only_lower_robust_accuracy(mini_data, tmp_path):
@@ -350,3 +373,17 @@ def test_restarts_only_lower_robust_accuracy(mini_data, tmp_path):
     assert robust_accuracy(model, samples, "fgsm", 4 / 255, restarts=3) == robust_accuracy(
         model, samples, "fgsm", 4 / 255
     )
+
+
+def test_iwdd_variants_change_training_and_are_recorded(mini_data, tmp_path):
+    """--refine-steps 0 trains on the projected generator samples alone, --sample-weight adds the raw ones."""
+    variants = {"default": {}, "r0-samples": {"refine_steps": 0, "sample_weight": 1.0}}
+    losses = {}
+    for name, changes in variants.items():
+        out = tmp_path / f"{name}.safetensors"
+        losses[name] = defend(_config(mini_data, out, "iwdd", epochs=1, **changes))[-1].loss
+        hyper = load_classifier(str(out), device="cpu").metadata["hyperparameters"]
+        assert all(hyper[key] == value for key, value in changes.items())
+    assert losses["default"] != losses["r0-samples"]
+    with pytest.raises(InputError):
+        defend(_config(mini_data, tmp_path / "bad.safetensors", "iwdd", refine_steps=-1))
