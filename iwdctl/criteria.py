@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -86,3 +87,12 @@ def bounded_classification_loss(criterion: Criterion, logits: torch.Tensor, kapp
 
 def make_criterion(labels: torch.Tensor, targets: torch.Tensor | None = None) -> Criterion:
     return TargetedMisclassification(targets) if targets is not None else Misclassification(labels)
+
+
+def concatenate(criteria: Sequence[Criterion]) -> Criterion:
+    """One criterion over the rows of several (all untargeted or all targeted)."""
+    if all(isinstance(criterion, TargetedMisclassification) for criterion in criteria):
+        return TargetedMisclassification(torch.cat([criterion.targets for criterion in criteria]))  # type: ignore[attr-defined]
+    if all(isinstance(criterion, Misclassification) for criterion in criteria):
+        return Misclassification(torch.cat([criterion.labels for criterion in criteria]))  # type: ignore[attr-defined]
+    raise TypeError("criteria to concatenate must all be untargeted or all targeted")

@@ -112,13 +112,16 @@ def test_iwda_ot_fools_every_image_and_its_loss_is_the_exact_iwd(tiny_model, tin
     generator = torch.Generator().manual_seed(0)
     moved = (images + 0.05 * torch.randn(images.shape, generator=generator)).clamp(0, 1)
     further = (moved + 0.05 * torch.randn(images.shape, generator=generator)).clamp(0, 1)
-    rows = torch.arange(len(images))
-    loss = attack.objective(images, [])
+    states = [attack.admit(image, torch.Generator()) for image in images]
+
+    def loss(candidate, step):
+        return attack.patch_loss(candidate, states, [step] * len(states)).double()
+
     exact = torch.tensor([exact_iwd(a, b) for a, b in zip(moved, images)], dtype=torch.float64)
-    assert torch.allclose(loss(moved, 0, rows).double(), exact, rtol=1e-5)
+    assert torch.allclose(loss(moved, 0), exact, rtol=1e-5)
     later = torch.tensor([exact_iwd(a, b) for a, b in zip(further, images)], dtype=torch.float64)
-    assert (loss(further, 1, rows).double() >= later - 1e-6).all()
-    assert torch.allclose(loss(further, 10, rows).double(), later, rtol=1e-5)
+    assert (loss(further, 1) >= later - 1e-6).all()
+    assert torch.allclose(loss(further, 10), later, rtol=1e-5)
     adversarial = attack(images, Misclassification(labels), list(range(len(images))))
     with torch.no_grad():
         assert (tiny_model(adversarial).argmax(1) != labels).all()
@@ -168,13 +171,41 @@ def test_runner_writes_verified_pngs_report_and_resumes(tiny_model, tiny_batch, 
             assert (predicted != record["label_index"]) == ok
         assert record["iwd"] >= 0 and record["l2"] > 0
     calls = []
-    original_sample = attack.sample
-    attack.sample = lambda images, *args: calls.append(len(images)) or original_sample(images, *args)
+    original_stream = attack.stream
+    attack.stream = lambda jobs, capacity: original_stream((calls.append(job.key) or job for job in jobs), capacity)
     again = run_attack(tiny_model, attack, samples, settings, tmp_path / "out")
     assert calls == [] and json.dumps(again) == json.dumps(records)
     (tmp_path / "out" / "img1_adv1.png").unlink()  # a half-finished image is redone
     run_attack(tiny_model, attack, samples, settings, tmp_path / "out")
-    assert calls == [1] and (tmp_path / "out" / "img1_adv1.png").exists()
+    assert calls == ["img1"] and (tmp_path / "out" / "img1_adv1.png").exists()
+
+
+@pytest.mark.parametrize("method", ["iwda-fast", "iwda-ot"])
+def test_stream_refills_finished_rows_and_matches_one_batch(tiny_model, tiny_batch, method):
+    """Continuous batching: with capacity 2, a third image enters as soon as one finishes, and each
+    image's samples are the bytes it gets when all images run in one batch."""
+    from iwdctl.attacks.base import ImageJob
+
+    images, labels = tiny_batch
+    victim = tiny_model.batch_invariant()
+    attack = make_attack(method, victim, **FAST_OPTIONS[method])
+    seeds = [[10 * index, 10 * index + 1] for index in range(len(images))]
+    criterion = Misclassification(labels)
+    together = attack.sample(images, criterion, seeds)
+    pulled, finished = [], []
+
+    def jobs():
+        for index in range(len(images)):
+            pulled.append((index, len(finished)))
+            yield ImageJob(index, images[index], criterion.select(slice(index, index + 1)), seeds[index])
+
+    for job, samples in attack.stream(jobs(), capacity=2):
+        finished.append(job.key)
+        assert torch.equal(samples, together[job.key]), job.key
+    assert sorted(finished) == list(range(len(images)))
+    # Pulled lazily: at most 2 images' rows in flight (a third image may take a row that a partly
+    # finished image freed), and a new image enters before the first two have both finished.
+    assert all(index - done <= 2 for index, done in pulled) and pulled[2][1] < 2
 
 
 @pytest.mark.parametrize("method", ["pgd", "iwda-fast"])

@@ -3,15 +3,27 @@ plumbing, so each attack only implements `forward`."""
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from iwdctl.criteria import Criterion
+from iwdctl.criteria import Criterion, concatenate
 from iwdctl.models import ImageClassifier
 from iwdctl.runtime import ProgressCallback, no_progress
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image of a stream (`Attack.stream`): what fools the model, and a seed per sample."""
+
+    key: Hashable
+    image: torch.Tensor  # (3, H, W) in [0, 1]
+    criterion: Criterion  # of this one image
+    seeds: Sequence[int]  # K seeds: K samples
 
 
 class Attack(ABC):
@@ -47,6 +59,16 @@ class Attack(ABC):
         flat = [seed for image_seeds in seeds for seed in image_seeds]
         result = self(images.to(self.device)[rows], criterion.select(rows), flat)
         return result.view(len(images), count, *images.shape[1:])
+
+    def stream(self, jobs: Iterable[ImageJob], capacity: int) -> Iterator[tuple[ImageJob, torch.Tensor]]:
+        """Each job with its K samples (K, 3, H, W), as they finish. By default `capacity` jobs at a
+        time through `sample`, in order; attacks whose images finish at different steps refill the
+        finished rows instead (PatchDistributionAttack), so that every step carries a full batch."""
+        source = iter(jobs)
+        while group := list(itertools.islice(source, capacity)):
+            images = torch.stack([job.image for job in group]).to(self.device)
+            criterion = concatenate([job.criterion for job in group])
+            yield from zip(group, self.sample(images, criterion, [job.seeds for job in group]))
 
     def _run(self, attack: Callable[[list[torch.Generator]], torch.Tensor], seeds: Sequence[int]) -> torch.Tensor:
         """Run `attack(generators)` in eval mode with gradients on; restore the model's mode after."""

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from iwdctl.attacks.patch_attack import PatchDistributionAttack, PatchObjective
+from iwdctl.attacks.patch_attack import PatchDistributionAttack
 from iwdctl.models import ImageClassifier
 from iwdctl.patchloss import pyramid_patch_loss
 
@@ -38,9 +40,12 @@ class IWDAFast(PatchDistributionAttack):
         super().__init__(model, tau, kappa, steps, lr, patch, shift, 1.0, 0, loader_views)
         self.projections = projections
 
-    def objective(self, images: torch.Tensor, generators: list[torch.Generator]) -> PatchObjective:
-        def loss(candidate: torch.Tensor, step: int, rows: torch.Tensor) -> torch.Tensor:
-            chosen = [generators[row] for row in rows.tolist()]
-            return pyramid_patch_loss(images[rows], candidate, chosen, self.patch, projections=self.projections)
+    def admit(self, image: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Generator]:
+        return image, generator
 
-        return loss
+    def patch_loss(
+        self, candidate: torch.Tensor, states: Sequence[tuple[torch.Tensor, torch.Generator]], steps: Sequence[int]
+    ) -> torch.Tensor:
+        images = torch.stack([image for image, _ in states])
+        generators = [generator for _, generator in states]
+        return pyramid_patch_loss(images, candidate, generators, self.patch, projections=self.projections)

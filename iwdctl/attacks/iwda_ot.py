@@ -1,14 +1,26 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from iwdctl.attacks.patch_attack import PatchDistributionAttack, PatchObjective
+from iwdctl.attacks.patch_attack import PatchDistributionAttack
 from iwdctl.costs import cpu_threads
 from iwdctl.iwd import analysis_view, optimal_matching
 from iwdctl.models import ImageClassifier
+
+
+@dataclass
+class _Reference:
+    """One image's side of the transport: its analysis view, its patches, and the patches matched to
+    the candidate's at the last matching."""
+
+    view: torch.Tensor  # (3, h, w) on the CPU
+    patches: torch.Tensor  # (P, 3 k^2) on the device
+    targets: torch.Tensor  # (P, 3 k^2): patches[sigma]
 
 
 class IWDAOT(PatchDistributionAttack):
@@ -53,22 +65,21 @@ class IWDAOT(PatchDistributionAttack):
         """(N, P, 3 k^2): the patches of each image's analysis view."""
         return F.unfold(analysis_view(images, self.size), self.patch).transpose(1, 2)
 
-    def objective(self, images: torch.Tensor, generators: list[torch.Generator]) -> PatchObjective:
-        reference_view = analysis_view(images, self.size).detach().cpu()
-        reference = self._patches(images).detach()
-        targets = reference.clone()
+    def admit(self, image: torch.Tensor, generator: torch.Generator) -> _Reference:
+        patches = self._patches(image[None])[0].detach()
+        return _Reference(analysis_view(image[None], self.size)[0].detach().cpu(), patches, patches)
 
-        def match(view: torch.Tensor, index: int) -> torch.Tensor:
-            return torch.from_numpy(optimal_matching(view, reference_view[index], self.patch))
+    def patch_loss(self, candidate: torch.Tensor, states: Sequence[_Reference], steps: Sequence[int]) -> torch.Tensor:
+        due = [index for index, step in enumerate(steps) if step % self.rematch == 0]
+        if due:
+            views = analysis_view(candidate[due].detach(), self.size).cpu()
 
-        def loss(candidate: torch.Tensor, step: int, rows: torch.Tensor) -> torch.Tensor:
-            if step % self.rematch == 0:
-                views = analysis_view(candidate.detach(), self.size).cpu()
-                indices = rows.tolist()
-                with ThreadPoolExecutor(min(cpu_threads(), len(indices))) as pool:
-                    matchings = list(pool.map(lambda pair: match(views[pair[0]], pair[1]), enumerate(indices)))
-                for row, matching in zip(indices, matchings):
-                    targets[row] = reference[row][matching.to(reference.device)]
-            return (self._patches(candidate) - targets[rows]).abs().mean(dim=(1, 2))
+            def match(position: int) -> torch.Tensor:
+                return torch.from_numpy(optimal_matching(views[position], states[due[position]].view, self.patch))
 
-        return loss
+            with ThreadPoolExecutor(min(cpu_threads(), len(due))) as pool:
+                matchings = list(pool.map(match, range(len(due))))
+            for index, matching in zip(due, matchings):
+                states[index].targets = states[index].patches[matching.to(candidate.device)]
+        targets = torch.stack([state.targets for state in states])
+        return (self._patches(candidate) - targets).abs().mean(dim=(1, 2))

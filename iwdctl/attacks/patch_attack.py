@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import itertools
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
-from typing import ClassVar
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from iwdctl.attacks.base import Attack
-from iwdctl.criteria import Criterion
+from iwdctl.attacks.base import Attack, ImageJob
+from iwdctl.criteria import Criterion, concatenate
 from iwdctl.images import quantize
 from iwdctl.models import ImageClassifier
 
-# (candidates of the rows still running, step, those rows' indices in the batch) -> their patch losses
-PatchObjective = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclass
+class _RowSpec:
+    """One optimization to run: an image, its start (shifted or not) and its own generator."""
+
+    tag: Hashable
+    image: torch.Tensor  # (3, H, W) on the device
+    criterion: Criterion  # of this one row
+    generator: torch.Generator
+    shifted: bool
+
+
+@dataclass
+class _Row:
+    tag: Hashable
+    criterion: Criterion
+    state: Any  # the subclass's per-image state of the patch loss
+    tau: float
+    step: int = 0  # optimizer steps taken
 
 
 class PatchDistributionAttack(Attack):
@@ -29,6 +51,10 @@ class PatchDistributionAttack(Attack):
     robust models, which need large changes, are fooled too. With `sample` and K > 1, sample 0 starts
     from x and the others from x translated by up to `shift` pixels (reflected at the border) plus
     uniform noise of `start_noise`: diverse examples of the same scene.
+
+    Rows run independently (each with its own step count, tau and Adam moments), so `stream` refills
+    the row of a finished image with the next image at once: every step carries a full batch, and an
+    image's result does not depend on which images shared its steps.
     """
 
     distance = "iwd"
@@ -54,83 +80,149 @@ class PatchDistributionAttack(Attack):
         self.loader_views = loader_views
 
     @abstractmethod
-    def objective(self, images: torch.Tensor, generators: list[torch.Generator]) -> PatchObjective:
-        """The patch loss D(x, .) for these images, for one optimization."""
+    def admit(self, image: torch.Tensor, generator: torch.Generator) -> Any:
+        """The per-image state of the patch loss D(x, .) for x (3, H, W)."""
+
+    @abstractmethod
+    def patch_loss(self, candidate: torch.Tensor, states: Sequence[Any], steps: Sequence[int]) -> torch.Tensor:
+        """(n,) D(x_i, candidate_i) of n rows, given each row's state and its optimizer step."""
+
+    # ----- the three entry points ----------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]) -> torch.Tensor:
+        specs = [
+            _RowSpec(index, images[index], criterion.select(slice(index, index + 1)), generator, False)
+            for index, generator in enumerate(generators)
+        ]
+        results = dict(self._optimize(iter(specs), len(specs)))
+        return torch.stack([results[index] for index in range(len(specs))])
 
     def sample(self, images: torch.Tensor, criterion: Criterion, seeds: Sequence[Sequence[int]]) -> torch.Tensor:
         """K samples of each image: the first starts from x, the others from shifted copies."""
-        count = len(seeds[0])
-        rows = torch.arange(len(images), device=self.device).repeat_interleave(count)
-        expanded = images.detach().to(self.device)[rows]
-        shifted = [index > 0 for _ in seeds for index in range(count)]
+        jobs = [
+            ImageJob(index, image, criterion.select(slice(index, index + 1)), image_seeds)
+            for index, (image, image_seeds) in enumerate(zip(images, seeds))
+        ]
+        results = dict((job.key, samples) for job, samples in self.stream(jobs, len(jobs)))
+        return torch.stack([results[index] for index in range(len(jobs))])
 
-        def run(generators: list[torch.Generator]) -> torch.Tensor:
-            starts = self._starts(expanded, generators, shifted)
-            return self._optimize(expanded, starts, criterion.select(rows), generators)
+    def stream(self, jobs: Iterable[ImageJob], capacity: int) -> Iterator[tuple[ImageJob, torch.Tensor]]:
+        """Up to `capacity` images (K rows each) in flight; a finished image's rows are refilled at once."""
+        source = iter(jobs)
+        first = next(source, None)
+        if first is None:
+            return
+        by_number: dict[int, ImageJob] = {}
+        outputs: dict[int, dict[int, torch.Tensor]] = {}
 
-        flat = [seed for image_seeds in seeds for seed in image_seeds]
-        return self._run(run, flat).view(len(images), count, *images.shape[1:])
+        def specs() -> Iterator[_RowSpec]:
+            for number, job in enumerate(itertools.chain([first], source)):
+                by_number[number] = job
+                image = job.image.detach().to(self.device)
+                for index, seed in enumerate(job.seeds):
+                    generator = torch.Generator().manual_seed(int(seed))
+                    yield _RowSpec((number, index), image, job.criterion, generator, index > 0)
 
-    def _starts(self, images: torch.Tensor, generators: list[torch.Generator], shifted: list[bool]) -> torch.Tensor:
-        starts = []
-        for image, generator, moved in zip(images, generators, shifted):
-            if not moved:
-                starts.append(image.clone())
-                continue
-            dy, dx = (torch.randint(-self.shift, self.shift + 1, (2,), generator=generator)).tolist()
-            pad = self.shift
-            padded = F.pad(image[None], (pad, pad, pad, pad), mode="reflect")[0]
-            height, width = image.shape[-2:]
-            moved = padded[:, pad + dy : pad + dy + height, pad + dx : pad + dx + width]
-            if self.start_noise:
-                noise = torch.rand(image.shape, generator=generator) * 2 - 1
-                moved = moved + noise.to(image.device) * self.start_noise
-            starts.append(moved.clamp(0, 1))
-        return torch.stack(starts)
+        for (number, index), result in self._optimize(specs(), capacity * len(first.seeds)):
+            outputs.setdefault(number, {})[index] = result
+            job = by_number[number]
+            if len(outputs[number]) == len(job.seeds):
+                done = outputs.pop(number)
+                del by_number[number]
+                yield job, torch.stack([done[k] for k in range(len(job.seeds))])
+
+    # ----- the loop ------------------------------------------------------------------------------
+
+    def _start(self, image: torch.Tensor, generator: torch.Generator, shifted: bool) -> torch.Tensor:
+        if not shifted:
+            return image.clone()
+        dy, dx = (torch.randint(-self.shift, self.shift + 1, (2,), generator=generator)).tolist()
+        pad = self.shift
+        padded = F.pad(image[None], (pad, pad, pad, pad), mode="reflect")[0]
+        height, width = image.shape[-2:]
+        moved = padded[:, pad + dy : pad + dy + height, pad + dx : pad + dx + width]
+        if self.start_noise:
+            noise = torch.rand(image.shape, generator=generator) * 2 - 1
+            moved = moved + noise.to(image.device) * self.start_noise
+        return moved.clamp(0, 1)
 
     def _margin(self, images: torch.Tensor, criterion: Criterion) -> torch.Tensor:
         """The criterion's margin, the smallest over the model's loader views when they are checked."""
         logits = self.model.view_logits(images) if self.loader_views else [self.model(images)]
         return torch.stack([criterion.margin(view) for view in logits]).amin(dim=0)
 
-    def forward(self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]) -> torch.Tensor:
-        return self._optimize(images, images.clone(), criterion, generators)
+    def _optimize(self, specs: Iterator[_RowSpec], capacity: int) -> Iterator[tuple[Hashable, torch.Tensor]]:
+        """(tag, result) of each row as it finishes, with at most `capacity` rows in flight."""
+        training = self.model.training
+        self.model.eval()
+        try:
+            with torch.enable_grad():
+                yield from self._rows(specs, capacity)
+        finally:
+            self.model.train(training)
 
-    def _optimize(
-        self, images: torch.Tensor, current: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]
-    ) -> torch.Tensor:
-        """Optimize each row from its start `current` (see the class docstring)."""
-        patch_loss = self.objective(images, generators)
-        result = quantize(current)
-        active = torch.ones(len(images), dtype=torch.bool, device=self.device)
-        tau = torch.full((len(images),), self.tau, device=self.device)
-        variable = current.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([variable], lr=self.lr)
-        for step in range(self.steps):
-            if self.escalate_every and step and step % self.escalate_every == 0:
-                tau = torch.where(active, tau * self.escalate, tau)
-            # Only the rows still running are computed: a batch costs what its unfinished images cost,
-            # and each row's trajectory (and its generator's draws) depends on that row alone.
-            rows = active.nonzero()[:, 0]
-            candidate = variable[rows].clamp(0, 1)
-            criterion_rows = criterion.select(rows)
-            margin = self._margin(candidate, criterion_rows)
+    def _rows(self, specs: Iterator[_RowSpec], capacity: int) -> Iterator[tuple[Hashable, torch.Tensor]]:
+        live: list[_Row] = []
+        variable = exp_avg = exp_avg_sq = torch.empty(0, device=self.device)
+        exhausted = False
+        beta1, beta2 = ADAM_BETAS
+        while True:
+            admitted = []
+            while not exhausted and len(live) + len(admitted) < capacity:
+                spec = next(specs, None)
+                exhausted = spec is None
+                if spec is not None:
+                    admitted.append(spec)
+            if admitted:
+                starts = torch.stack([self._start(spec.image, spec.generator, spec.shifted) for spec in admitted])
+                live += [
+                    _Row(spec.tag, spec.criterion, self.admit(spec.image, spec.generator), self.tau)
+                    for spec in admitted
+                ]
+                variable = torch.cat([variable, starts]) if len(variable) else starts
+                zeros = torch.zeros_like(starts)
+                exp_avg = torch.cat([exp_avg, zeros]) if len(exp_avg) else zeros
+                exp_avg_sq = torch.cat([exp_avg_sq, zeros]) if len(exp_avg_sq) else zeros.clone()
+            if not live:
+                return
+            for row in live:
+                if self.escalate_every and row.step and row.step % self.escalate_every == 0:
+                    row.tau *= self.escalate  # not adversarial yet after another escalate_every steps
+            variable.requires_grad_(True)
+            candidate = variable.clamp(0, 1)
+            criterion = concatenate([row.criterion for row in live])
+            margin = self._margin(candidate, criterion)
             with torch.no_grad():
                 rounded = quantize(candidate)
                 finished = margin > self.kappa
                 if finished.any():
-                    rounded_margin = self._margin(rounded[finished], criterion_rows.select(finished))
-                    finished[finished.clone()] = rounded_margin >= self.kappa
-                    result[rows[finished]] = rounded[finished]
-                    active[rows[finished]] = False
-            if not active.any():
-                break
-            running = ~finished
-            loss = (tau[rows] * torch.clamp(-margin, min=-self.kappa) + patch_loss(candidate, step, rows)) * running
-            optimizer.zero_grad()
-            loss.sum().backward()
-            variable.grad[~active] = 0  # finished images stay where they stopped
-            optimizer.step()
-        with torch.no_grad():
-            result[active] = quantize(variable.clamp(0, 1))[active]
-        return result
+                    checked = finished.nonzero()[:, 0]
+                    finished[checked] = self._margin(rounded[checked], criterion.select(checked)) >= self.kappa
+                spent = torch.tensor([row.step >= self.steps for row in live], device=self.device)
+                done = (finished | spent).tolist()
+            results = [(row.tag, rounded[index]) for index, row in enumerate(live) if done[index]]
+            keep = torch.tensor([not value for value in done], device=self.device)
+            kept = keep.nonzero()[:, 0]
+            if len(kept):
+                rows = [live[index] for index in kept.tolist()]
+                tau = torch.tensor([row.tau for row in rows], device=self.device)
+                loss = tau * torch.clamp(-margin[kept], min=-self.kappa)
+                loss = loss + self.patch_loss(candidate[kept], [row.state for row in rows], [row.step for row in rows])
+                (gradient,) = torch.autograd.grad(loss.sum(), variable)
+                with torch.no_grad():
+                    # Adam (torch.optim.Adam's arithmetic) with a step count per row.
+                    gradient = gradient[kept]
+                    steps = torch.tensor([row.step + 1 for row in rows], dtype=torch.float64)
+                    correction1 = (1 - beta1**steps).float().to(self.device)[:, None, None, None]
+                    correction2 = (1 - beta2**steps).sqrt().float().to(self.device)[:, None, None, None]
+                    exp_avg = exp_avg[kept].lerp(gradient, 1 - beta1)
+                    exp_avg_sq = exp_avg_sq[kept].mul(beta2).addcmul(gradient, gradient, value=1 - beta2)
+                    denominator = (exp_avg_sq.sqrt() / correction2).add(ADAM_EPS)
+                    variable = variable.detach()[kept] - self.lr / correction1 * exp_avg / denominator
+                for row in rows:
+                    row.step += 1
+                live = rows
+            else:
+                live = []
+                variable = exp_avg = exp_avg_sq = torch.empty(0, device=self.device)
+            yield from results

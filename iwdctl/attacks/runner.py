@@ -20,7 +20,7 @@ import statistics
 import time
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from iwdctl.attacks.base import Attack
+from iwdctl.attacks.base import Attack, ImageJob
 from iwdctl.costs import cpu_threads
 from iwdctl.criteria import make_criterion
 from iwdctl.data import ImageDataset, Sample, batches
@@ -230,10 +230,11 @@ def run_attack(
     pending = [sample for sample in mine if sample.key not in done]
     progress(len(done), len(mine), "attack")
     writer = _Writer(out_dir, settings, model)
-    try:
+    known: dict[str, tuple[Sample, int, int, int | None]] = {}  # key -> sample, prediction, label, target
+
+    def jobs() -> Iterator[ImageJob]:
         dataset = ImageDataset(pending, model.input_size, model.crop_pct)
         for originals, _, indices in batches(dataset, settings.batch_size, settings.workers):
-            start = time.perf_counter()
             batch = [pending[int(index)] for index in indices]
             originals = originals.to(model.device)
             before = _predict(model, originals)
@@ -243,33 +244,51 @@ def run_attack(
                 torch.tensor(labels, device=model.device),
                 torch.tensor(targets, device=model.device) if targets[0] is not None else None,
             )
-            seeds = [[sample_seed(settings.seed, sample.key, k) for k in range(settings.num)] for sample in batch]
-            adversarial = attack.sample(originals, criterion, seeds)  # (B, K, 3, H, W)
-            flat = adversarial.flatten(0, 1)
-            # The 8-bit values the PNGs will hold; predictions and distances are taken on exactly these.
-            saved = flat.clamp(0, 1).mul(255).round().div(255)
-            after = _predict(model, saved).view(len(batch), settings.num)
-            reference = originals.repeat_interleave(settings.num, 0)
-            l2 = L2()(reference, saved).view(len(batch), -1).cpu()
-            linf = Linf()(reference, saved).view(len(batch), -1).cpu()
-            pixels = saved.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            seconds = (time.perf_counter() - start) / len(batch)
             for row, sample in enumerate(batch):
-                writer.submit(
-                    _AttackedImage(
-                        sample=sample,
-                        original=originals[row].cpu(),
-                        pixels=pixels[row * settings.num : (row + 1) * settings.num],
-                        label=labels[row],
-                        target=targets[row],
-                        prediction_before=int(before[row]),
-                        predictions=after[row].tolist(),
-                        l2=l2[row].tolist(),
-                        linf=linf[row].tolist(),
-                        seconds=seconds,
-                    )
+                known[sample.key] = (sample, int(before[row]), labels[row], targets[row])
+                seeds = [sample_seed(settings.seed, sample.key, k) for k in range(settings.num)]
+                yield ImageJob(sample.key, originals[row], criterion.select(slice(row, row + 1)), seeds)
+
+    def finish(group: list[tuple[ImageJob, torch.Tensor]], seconds: float) -> None:
+        """Judge a group of attacked images on their 8-bit values and hand them to the writer."""
+        flat = torch.cat([samples for _, samples in group])
+        # The 8-bit values the PNGs will hold; predictions and distances are taken on exactly these.
+        saved = flat.clamp(0, 1).mul(255).round().div(255)
+        after = _predict(model, saved).view(len(group), settings.num)
+        reference = torch.stack([job.image for job, _ in group]).repeat_interleave(settings.num, 0)
+        l2 = L2()(reference, saved).view(len(group), -1).cpu()
+        linf = Linf()(reference, saved).view(len(group), -1).cpu()
+        pixels = saved.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for row, (job, _) in enumerate(group):
+            sample, prediction, label, target = known.pop(str(job.key))
+            writer.submit(
+                _AttackedImage(
+                    sample=sample,
+                    original=job.image.cpu(),
+                    pixels=pixels[row * settings.num : (row + 1) * settings.num],
+                    label=label,
+                    target=target,
+                    prediction_before=prediction,
+                    predictions=after[row].tolist(),
+                    l2=l2[row].tolist(),
+                    linf=linf[row].tolist(),
+                    seconds=seconds / len(group),
                 )
-            progress(len(done) + len(writer.records) + len(writer.pending), len(mine), "attack")
+            )
+        progress(len(done) + len(writer.records) + len(writer.pending), len(mine), "attack")
+
+    try:
+        # Images leave the attack as they finish (an attack that stops early refills their rows), and
+        # are judged in groups of a batch; the classifier is batch-invariant, so grouping changes nothing.
+        group: list[tuple[ImageJob, torch.Tensor]] = []
+        start = time.perf_counter()
+        for job, samples in attack.stream(jobs(), settings.batch_size):
+            group.append((job, samples))
+            if len(group) == settings.batch_size:
+                finish(group, time.perf_counter() - start)
+                group, start = [], time.perf_counter()
+        if group:
+            finish(group, time.perf_counter() - start)
     finally:
         records = writer.close()
     done.update((record["key"], record) for record in records)
