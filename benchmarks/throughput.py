@@ -11,7 +11,7 @@ row is a whole process, start-up, decoding and resizing included:
   (`--rows ...,iwda-ot`) `iwdctl attack` with its default IWDA.
 - `iwdctl eval --attack pgd10`: clean accuracy, then PGD-10 robust accuracy.
 
-    python benchmarks/throughput.py [--images 200] [--batch-size 16] [--device cpu]
+    python benchmarks/throughput.py [--images 200] [--batch-size 16] [--device cpu] [--rows ...] [--results NAME]
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rows", default="torchattacks,none,exact,iwda-fast,eval")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of every row; the fastest counts")
+    parser.add_argument("--results", default=None, help="results file name (default: throughput_<device>.md)")
     arguments = parser.parse_args()
     rows = arguments.rows.split(",")
     nips = str(SHARED / "nips17")
@@ -142,7 +143,8 @@ def main() -> None:
                 note = f"attack loop alone {float(stdout.strip()):.1f} s"
             ratio = "-" if reference is None else f"{reference / seconds:.2f}x"
             lines.append(f"| {names[row]} | {seconds:.1f} | {arguments.images / seconds:.2f} | {ratio} | {note} |")
-        write_results(f"throughput_{device.split(':')[0]}.md", "\n".join(lines) + "\n")
+        name = arguments.results or f"throughput_{device.split(':')[0]}.md"
+        write_results(name, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
