@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from iwdctl.attacks import make_attack
+from iwdctl.attacks.base import ImageJob
 from iwdctl.criteria import Misclassification
 from iwdctl.data import ImageDataset, Sample, batches, discover
 from iwdctl.errors import InputError
@@ -120,24 +121,38 @@ def robust_accuracy(
     from iwdctl.attacks.runner import sample_seed
 
     attack = make_attack(spec, model, strict=False, eps=eps, **options)
-    dataset = ImageDataset(samples, model.input_size, model.crop_pct)
-    correct = done = 0
-    progress(0, len(dataset), spec)
-    for images, labels, indices in batches(dataset, batch_size, workers):
-        labels = labels.to(model.device)
-        robust = torch.ones(len(labels), dtype=torch.bool, device=model.device)
-        for restart in range(restarts):
-            rows = robust.nonzero()[:, 0]
-            if len(rows) == 0:
-                break
-            seeds = [sample_seed(seed, samples[int(indices[row])].key, restart) for row in rows.tolist()]
-            adversarial = attack(images[rows.cpu()], Misclassification(labels[rows]), seeds)
-            with torch.no_grad():
-                robust[rows] = model(adversarial).argmax(1) == labels[rows]
-        correct += int(robust.sum().item())
-        done += len(labels)
-        progress(done, len(dataset), spec)
-    return correct / done
+    survivors = list(range(len(samples)))  # the images robust so far
+    progress(0, len(samples), spec)
+
+    def jobs(indices: list[int], restart: int) -> Iterator[ImageJob]:
+        dataset = ImageDataset([samples[index] for index in indices], model.input_size, model.crop_pct)
+        for images, labels, rows in batches(dataset, batch_size, workers):
+            for image, label, row in zip(images, labels.to(model.device), rows.tolist()):
+                key = samples[indices[row]].key
+                yield ImageJob(indices[row], image, Misclassification(label[None]), [sample_seed(seed, key, restart)])
+
+    @torch.no_grad()
+    def fooled(group: list[tuple[ImageJob, torch.Tensor]]) -> list[int]:
+        logits = model(torch.stack([examples[0] for _, examples in group]))
+        return [int(job.key) for (job, _), row in zip(group, logits) if bool(job.criterion.is_adversarial(row[None]))]
+
+    for restart in range(restarts):
+        # Through the attack's stream, as in `iwdctl attack` (early-stopping attacks refill finished
+        # rows); examples are judged in groups of a batch, the classifier being batch-invariant.
+        beaten: set[int] = set()
+        group: list[tuple[ImageJob, torch.Tensor]] = []
+        for count, finished in enumerate(attack.stream(jobs(survivors, restart), batch_size), start=1):
+            group.append(finished)
+            if len(group) == batch_size or count == len(survivors):
+                beaten.update(fooled(group))
+                group = []
+                if restart == 0:
+                    progress(count, len(samples), spec)
+        survivors = [index for index in survivors if index not in beaten]
+        if not survivors:
+            break
+    progress(len(samples), len(samples), spec)
+    return len(survivors) / len(samples) if samples else 0.0
 
 
 @dataclass

@@ -387,3 +387,19 @@ def test_iwdd_variants_change_training_and_are_recorded(mini_data, tmp_path):
     assert losses["default"] != losses["r0-samples"]
     with pytest.raises(InputError):
         defend(_config(mini_data, tmp_path / "bad.safetensors", "iwdd", refine_steps=-1))
+
+
+def test_robust_accuracy_under_an_early_stopping_attack_does_not_depend_on_batch_size(mini_data, tmp_path):
+    """eval streams images through the attack (finished rows refilled): the same accuracy whatever
+    the batch size, with some images fooled and some not within the step budget."""
+    from iwdctl.data import discover
+
+    defend(_config(mini_data, tmp_path / "m.safetensors", epochs=1))
+    model = load_classifier(str(tmp_path / "m.safetensors"), device="cpu").batch_invariant()
+    samples = discover([mini_data / "val"], model.classes)
+    accuracies = {
+        batch_size: robust_accuracy(model, samples, "iwda-ot", batch_size=batch_size, steps=4, restarts=2)
+        for batch_size in (3, 16)
+    }
+    assert accuracies[3] == accuracies[16]
+    assert 0 < accuracies[3] < 1
