@@ -408,7 +408,7 @@ def defend_command(
         str, typer.Option(help="multistep (lr x0.1 at 50% and 75% of the steps) or cosine (annealed to 0).")
     ] = "multistep",
     precision: Annotated[
-        str, typer.Option(help="fp32, or bf16: bfloat16 autocast and channels_last weights.")
+        str, typer.Option(help="fp32, or bf16: forward and backward passes under bfloat16 autocast.")
     ] = "fp32",
     eps: Annotated[str, typer.Option(help="l-inf budget of pgd and free training.")] = "8/255",
     pgd_steps: Annotated[

@@ -70,7 +70,7 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 0
     schedule: str = "multistep"
-    precision: str = "fp32"  # bf16: bfloat16 autocast and channels_last weights (tensor-core friendly)
+    precision: str = "fp32"  # bf16: forward and backward passes under bfloat16 autocast
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -256,9 +256,6 @@ class Trainer:
             mean=mean,
             std=std,
         ).to(self.device)
-        if config.precision == "bf16":
-            # NHWC is the layout bf16 convolutions run fastest in on tensor cores (and oneDNN).
-            self.model = self.model.to(memory_format=torch.channels_last)
         self.network: nn.Module = self.model
         if world_size > 1:
             self.network = nn.parallel.DistributedDataParallel(self.model)

@@ -155,3 +155,10 @@ def test_lite0_logits_under_each_loader_view(lite0):
         assert len(views) == 1 + len(lite0.loader_views) == 3
         assert torch.equal(views[0], lite0(image))
         assert not torch.allclose(views[1], views[0])
+
+
+def test_classifiers_run_in_channels_last(tiny_model):
+    """NHWC is the layout the attack loops run fastest in (benchmarks/memory_format.py); checkpoints
+    are still written contiguous."""
+    convolutions = [module for module in tiny_model.network.modules() if isinstance(module, torch.nn.Conv2d)]
+    assert convolutions and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convolutions)
