@@ -4,7 +4,9 @@ Same model (efficientnet_lite0), the same nips17 images and the same batch size 
 row is a whole process, start-up, decoding and resizing included:
 
 - torchattacks: a script that loads the model and the images (Pillow, the same resize and crop) and
-  runs `torchattacks.PGD(eps=8/255, alpha=2/255, steps=10)` batch by batch; it saves nothing.
+  runs `torchattacks.PGD(eps=8/255, alpha=2/255, steps=10)` batch by batch; it saves nothing. The
+  reference row runs the network in NCHW, as the weights package builds it; `torchattacks-nhwc`
+  (on request) runs it on iwdctl's classifier, which keeps its network in NHWC (channels_last).
 - `iwdctl attack --method pgd` with the report's IWD `none`, then `exact`: it also predicts before and
   after, saves and re-reads every PNG, and writes records, the report and the contact sheet.
 - `iwdctl attack --method iwda-fast` (the loader-view-checked small-IWD perturbation), and on request
@@ -34,8 +36,18 @@ import sys, time, torch, torchattacks
 from iwdctl.data import discover
 from iwdctl.images import load_image, preprocess
 from iwdctl.models import load_classifier
-folder, limit, batch_size, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+folder, limit, batch_size, device, layout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 model = load_classifier("efficientnet_lite0", device=device)
+class Normalized(torch.nn.Module):
+    def __init__(self, network, mean, std):
+        super().__init__()
+        self.network, self.mean, self.std = network, mean, std
+
+    def forward(self, images):
+        return self.network((images - self.mean) / self.std)
+
+if layout == "nchw":  # the network as the weights package builds it, behind a plain normalization
+    model = Normalized(model.network.to(memory_format=torch.contiguous_format), model._mean, model._std).eval()
 samples = discover([folder], model.classes)[:limit]
 attack = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10)
 start = time.perf_counter()
@@ -83,7 +95,8 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as scratch:
         plan = {
-            "torchattacks": [sys.executable, "-c", TORCHATTACKS_SCRIPT, nips, count, batch, device],
+            "torchattacks": [sys.executable, "-c", TORCHATTACKS_SCRIPT, nips, count, batch, device, "nchw"],
+            "torchattacks-nhwc": [sys.executable, "-c", TORCHATTACKS_SCRIPT, nips, count, batch, device, "nhwc"],
             "none": ["iwdctl", "attack", nips, "--method", "pgd", "--iwd", "none", "--out", f"{scratch}/none", *common],
             "exact": [
                 "iwdctl",
@@ -113,7 +126,8 @@ def main() -> None:
             "eval": ["iwdctl", "eval", "--data", nips, "--attack", "pgd10", "--json", f"{scratch}/eval.json", *common],
         }
         names = {
-            "torchattacks": "torchattacks PGD-10 (attack only, whole process)",
+            "torchattacks": "torchattacks PGD-10 (attack only, whole process; NCHW network)",
+            "torchattacks-nhwc": "torchattacks PGD-10 on iwdctl's classifier (NHWC)",
             "none": "`iwdctl attack --method pgd --iwd none`",
             "exact": "`iwdctl attack --method pgd --iwd exact`",
             "iwda-fast": "`iwdctl attack --method iwda-fast`",
@@ -139,7 +153,7 @@ def main() -> None:
             if row == "eval":
                 result = json.loads(Path(f"{scratch}/eval.json").read_text())
                 note = f"clean {100 * result['top1']:.1f}%, PGD-10 {100 * result['robust']['pgd10']:.1f}%"
-            if row == "torchattacks":
+            if row.startswith("torchattacks"):
                 note = f"attack loop alone {float(stdout.strip()):.1f} s"
             ratio = "-" if reference is None else f"{reference / seconds:.2f}x"
             lines.append(f"| {names[row]} | {seconds:.1f} | {arguments.images / seconds:.2f} | {ratio} | {note} |")
