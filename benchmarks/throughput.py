@@ -38,6 +38,7 @@ from iwdctl.images import load_image, preprocess
 from iwdctl.models import load_classifier
 folder, limit, batch_size, device, layout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 model = load_classifier("efficientnet_lite0", device=device)
+classes = model.classes
 class Normalized(torch.nn.Module):
     def __init__(self, network, mean, std):
         super().__init__()
@@ -48,7 +49,7 @@ class Normalized(torch.nn.Module):
 
 if layout == "nchw":  # the network as the weights package builds it, behind a plain normalization
     model = Normalized(model.network.to(memory_format=torch.contiguous_format), model._mean, model._std).eval()
-samples = discover([folder], model.classes)[:limit]
+samples = discover([folder], classes)[:limit]
 attack = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10)
 start = time.perf_counter()
 for first in range(0, len(samples), batch_size):
