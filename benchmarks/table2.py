@@ -1,10 +1,20 @@
 """The paper's Table 2 where models can fit: natural, free, PGD and IWDD training, S seeds each, one
 architecture and schedule for all, every model evaluated by the project's own eval.
 
-    python benchmarks/table2.py --data ../shared/data/imagenette64 --arch preact_resnet18 --epochs 30 \\
+    python benchmarks/table2.py --data ../shared/data/imagenette64 --arch preact_resnet18 --epochs 4 \\
         --seeds 3 --device cuda --precision bf16 --parallel 4 --runs runs/table2      # the GPU run
-    python benchmarks/table2.py --data ../shared/data/tiny6 --arch preact_resnet18_w16 --epochs 2 \\
-        --seeds 2 --eval-limit 60 --iwda-limit 30 --runs runs/proxy                     # a CPU proxy
+    python benchmarks/table2.py --data ../shared/data/imagenette64 --arch preact_resnet18_w16 --epochs 4 \\
+        --batch-size 32 --lr 0.05 --seeds 2 --train-per-class 100 --eval-limit 200 --iwda-limit 20 \\
+        --methods natural,free,pgd,iwdd,iwdd-samples,iwdd-r2 --runs runs/proxy64       # the CPU proxy
+
+Sizing the GPU run (an estimate: no imagenette64 epoch has been timed on a GPU yet). On an H200, six
+full-width trainings on tiny6 (2,700 images of 32 px, 30 epochs, natural/PGD/IWDD) ran side by side in
+about 150 s: 0.8 s per training-epoch. An imagenette64 epoch has 14x the pixels (9,469 images of
+64 px), about 12 s per training-epoch, so 4 methods x 3 seeds fit 8 minutes at about 3 epochs in fp32;
+bf16 is expected to allow 4. That is far below what a natural model needs for 80% (tens of epochs):
+the 8-minute budget buys a smoke run, and the full Table 2 (30 epochs) about 70 minutes.
+On 2 CPU cores (benchmarks/results/epoch_time_imagenette64.md, w16, batch 128) an epoch of the full
+training set takes 87 s natural, 575 s PGD-7 and 739 s IWDD, hence the proxy's 100 images per class.
 
 Each run (method, seed) is an `iwdctl defend` process writing its checkpoint into --runs; up to
 --parallel of them run side by side (on one GPU that is faster than one after another while a model
@@ -192,7 +202,7 @@ def main() -> None:
             f"Table 2 on {arguments.data.name}: {arguments.arch}, {arguments.epochs} epochs, {arguments.seeds} seeds"
             + (f", {arguments.train_per_class} training images per class" if arguments.train_per_class else "")
         ),
-        __doc__.split("\n\n")[2].replace("\n", " ") + "\n",
+        next(part for part in __doc__.split("\n\n") if part.startswith("Each run")).replace("\n", " ") + "\n",
         "| method | " + " | ".join(COLUMNS) + " | s / epoch |",
         "| --- " * (len(COLUMNS) + 2) + "|",
     ]
