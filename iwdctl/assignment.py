@@ -122,7 +122,7 @@ def _tight_edges(cost, prices, assigned):  # type: ignore[no-untyped-def]
 def _shortest_paths_finish(count, indptr, indices, costs, column_duals, hint):  # type: ignore[no-untyped-def]
     """Exact minimum-cost perfect matching of the sparse graph (CSR rows), by successive shortest
     paths (Dijkstra on reduced costs, Hungarian dual updates), warm-started from near-optimal column
-    duals and a hint assignment. Returns columns[row]."""
+    duals and a hint assignment. Returns columns[row] and the final column duals."""
     v = column_duals.copy()
     owner = np.full(count, -1, dtype=np.int64)
     matched = np.full(count, -1, dtype=np.int64)
@@ -234,11 +234,34 @@ def _shortest_paths_finish(count, indptr, indices, costs, column_duals, hint):  
             column = touched[index]
             distance[column] = np.inf
             done[column] = False
-    return matched
+    return matched, v
+
+
+def _dual_violations(cost, row_duals, column_duals, relative):  # type: ignore[no-untyped-def]
+    """The edges whose exact cost may lie below u_i + v_j, given stored costs within `relative` of it."""
+    n = cost.shape[0]
+    count = 0
+    for row in range(n):
+        values = cost[row]
+        for column in range(n):
+            if values[column] - row_duals[row] - column_duals[column] < relative * values[column]:
+                count += 1
+    rows = np.empty(count, dtype=np.int64)
+    columns = np.empty(count, dtype=np.int64)
+    index = 0
+    for row in range(n):
+        values = cost[row]
+        for column in range(n):
+            if values[column] - row_duals[row] - column_duals[column] < relative * values[column]:
+                rows[index] = row
+                columns[index] = column
+                index += 1
+    return rows, columns
 
 
 auction = _compile(_auction)
 tight_edges = _compile(_tight_edges)
+dual_violations = _compile(_dual_violations)
 shortest_paths_finish = _compile(_shortest_paths_finish)
 
 
@@ -256,9 +279,52 @@ def min_cost_assignment(cost: np.ndarray) -> np.ndarray:
     eps_end = FINAL_TOTAL_GAP / n
     assigned, prices = auction(cost, max(top / START_DIVISOR, eps_end), eps_end, SCALING)
     rows, columns = tight_edges(cost, prices, assigned)
-    # The auction's own assignment lies in the graph (its reduced costs sum to the gap); adding it
-    # explicitly keeps a perfect matching there whatever the rounding of the comparisons.
+    return _finish(n, rows, columns, lambda rows, columns: cost[rows, columns], prices, assigned)
+
+
+def _finish(n: int, rows: np.ndarray, columns: np.ndarray, exact_costs, prices, assigned) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The exact optimum over the certified edges (and the auction's own assignment, which lies among
+    them but is added explicitly so that a perfect matching exists whatever the rounding)."""
     keys = np.unique(np.concatenate([rows * n + columns, np.arange(n) * n + assigned]))
     rows, columns = keys // n, keys % n
     indptr = np.searchsorted(rows, np.arange(n + 1))
-    return shortest_paths_finish(n, indptr, columns, cost[rows, columns], -prices, assigned)
+    return shortest_paths_finish(n, indptr, columns, exact_costs(rows, columns), -prices, assigned)[0]
+
+
+# Float32 entries are within 2 roundings of the exact means (sums taken in float64): 2^-23 relative.
+FLOAT32_RELATIVE_ERROR = 2.0**-22
+MAX_PRICING_ROUNDS = 20
+
+
+def min_cost_assignment_within(cost: np.ndarray, exact_costs) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """An exact minimum-cost perfect matching of a large problem whose matrix is stored in float32.
+
+    `cost` holds the costs rounded to float32; `exact_costs(rows, columns)` gives any edges' exact
+    (float64) costs. The auction runs on the float32 matrix (half the memory traffic) and proposes
+    the sparse graph of its tight edges; that graph is solved with exact costs, and its optimal duals
+    are checked against every entry (pricing): an entry that may violate them by more than its
+    rounding is recomputed exactly, and true violations join the graph, which is solved again. When
+    no entry violates the duals, they certify the matching optimal for the exact costs.
+    """
+    n = cost.shape[0]
+    top = float(cost.max() - cost.min())
+    eps_end = FINAL_TOTAL_GAP / n
+    assigned, prices = auction(cost, max(top / START_DIVISOR, eps_end), eps_end, SCALING)
+    rows, columns = tight_edges(cost, prices, assigned)
+    keys = np.unique(np.concatenate([rows * n + columns, np.arange(n) * n + assigned]))
+    column_duals, hint = -prices, assigned
+    for _ in range(MAX_PRICING_ROUNDS):
+        rows, columns = keys // n, keys % n
+        indptr = np.searchsorted(rows, np.arange(n + 1))
+        matched, column_duals = shortest_paths_finish(
+            n, indptr, columns, exact_costs(rows, columns), column_duals, hint
+        )
+        row_duals = exact_costs(np.arange(n), matched) - column_duals[matched]
+        suspects = dual_violations(cost, row_duals, column_duals, FLOAT32_RELATIVE_ERROR)
+        reduced = exact_costs(*suspects) - row_duals[suspects[0]] - column_duals[suspects[1]]
+        violated = reduced < -1e-12 * (top + 1.0)
+        if not violated.any():
+            return matched
+        keys = np.union1d(keys, suspects[0][violated] * n + suspects[1][violated])
+        hint = matched
+    raise RuntimeError("pricing did not converge")  # not seen; would mean the duals drift with rounding

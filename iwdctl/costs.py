@@ -150,15 +150,18 @@ def cost_matrix_torch(x: torch.Tensor, y: torch.Tensor, patch: int, stride: int 
     return cost if batched else cost[0]
 
 
-def cost_matrix(x: torch.Tensor, y: torch.Tensor, patch: int, stride: int = 1, threads: int = 1) -> np.ndarray:
-    """C[i, j] = mean |u_i - v_j| in float64 for two images (3, H, W), as a NumPy array."""
+def cost_matrix(
+    x: torch.Tensor, y: torch.Tensor, patch: int, stride: int = 1, threads: int = 1, dtype: type = np.float64
+) -> np.ndarray:
+    """C[i, j] = mean |u_i - v_j| for two images (3, H, W), as a NumPy array. The sums are taken in
+    float64 whatever `dtype`; float32 storage only rounds each entry (and its division)."""
     if _kernel is None or stride != 1 or x.device.type != "cpu":
-        return cost_matrix_torch(x.double(), y.double(), patch, stride).cpu().numpy()
+        return cost_matrix_torch(x.double(), y.double(), patch, stride).cpu().numpy().astype(dtype, copy=False)
     xs = np.ascontiguousarray(x.detach().cpu().double().numpy())
     ys = np.ascontiguousarray(y.detach().cpu().double().numpy())
     rows = xs.shape[1] - patch + 1
     count = rows * (xs.shape[2] - patch + 1)
-    out = np.empty((count, count))
+    out = np.empty((count, count), dtype=dtype)
     deltas = np.arange(-(rows - 1), rows, dtype=np.int64)
     if threads <= 1:
         _kernel(xs, ys, patch, deltas, out)

@@ -35,11 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from iwdctl.assignment import min_cost_assignment
+from iwdctl.assignment import min_cost_assignment, min_cost_assignment_within
 from iwdctl.costs import cost_matrix, cost_matrix_torch, row_minima
 from iwdctl.errors import InputError
 from iwdctl.runtime import resolve_device
 
+# Above this many patches (a 200 MB float64 matrix: more than 76 x 76 pixels at 7 x 7) the dense
+# matrix is stored in float32 and the optimum certified with exact costs (min_cost_assignment_within).
+FLOAT32_ASSIGNMENT_SIZE = 5000
 # Up to this many patches per image IWD is exact by default (a 128 x 128 image at stride 1 has 14884,
 # a 2.1 GB float64 cost matrix at the limit); past it `iwd` returns the entropic estimate and says so.
 EXACT_LIMIT = 16384
@@ -183,6 +186,25 @@ def _assignment(
         columns = _nearest_permutation(x, y, u, v, patch, threads)
         if columns is not None:
             return columns
+    count = int(keep_u.sum())
+    if count > FLOAT32_ASSIGNMENT_SIZE:
+        # Half the memory and memory traffic; the certificate and the final solve use exact costs.
+        cost = cost_matrix(x, y, patch, stride, threads, dtype=np.float32)
+        if not keep_u.all():
+            cost = cost[np.ix_(keep_u, keep_v)]
+        kept_u, kept_v = u[torch.from_numpy(keep_u)], v[torch.from_numpy(keep_v)]
+
+        def exact_costs(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+            chunk = 65536
+            parts = [
+                (kept_u[torch.from_numpy(rows[at : at + chunk])] - kept_v[torch.from_numpy(columns[at : at + chunk])])
+                .abs()
+                .mean(dim=1)
+                for at in range(0, len(rows), chunk)
+            ]
+            return torch.cat(parts).numpy() if parts else np.empty(0)
+
+        return min_cost_assignment_within(cost, exact_costs)
     cost = cost_matrix(x, y, patch, stride, threads)
     if not keep_u.all():
         cost = cost[np.ix_(keep_u, keep_v)]

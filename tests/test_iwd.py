@@ -141,6 +141,20 @@ def test_the_device_route_matches_pot(monkeypatch):
         assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
 
 
+@pytest.mark.parametrize("name", ["0c7ac4a8c9dfa802", "c83cfca4bc9dd3c7"])
+def test_the_float32_matrix_route_matches_pot(monkeypatch, name):
+    """Large problems store the matrix in float32 and certify with exact costs; forced here at 40 px,
+    with the fast path off so that every kind goes through the auction."""
+    import importlib
+
+    engine = importlib.import_module("iwdctl.iwd")
+    monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", 0)
+    monkeypatch.setattr(engine, "_nearest_permutation", lambda *args: None)
+    photo = load_image(shared_data("nips17", "images", f"{name}.png"))
+    for kind, (x, y) in perturbed_pairs(photo, 40, seed=11).items():
+        assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
+
+
 def test_real_pairs_shift_beats_noise():
     image = load_image(shared_data("nips17", "images", "0c7ac4a8c9dfa802.png"))
     x = analysis_view(image[None].double(), 40)[0]
