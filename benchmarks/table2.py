@@ -4,7 +4,7 @@ architecture and schedule for all, every model evaluated by the project's own ev
     python benchmarks/table2.py --data ../shared/data/imagenette64 --arch preact_resnet18 --epochs 4 \\
         --seeds 3 --device cuda --precision bf16 --parallel 4 --runs runs/table2      # the GPU run
     python benchmarks/table2.py --data ../shared/data/imagenette64 --arch preact_resnet18_w16 --epochs 4 \\
-        --batch-size 32 --lr 0.05 --seeds 2 --train-per-class 100 --eval-limit 200 --iwda-limit 20 \\
+        --batch-size 32 --lr 0.05 --seeds 2 --train-per-class 100 --eval-limit 200 --iwda-limit 0 \\
         --methods natural,free,pgd,iwdd,iwdd-samples,iwdd-r2 --runs runs/proxy64       # the CPU proxy
 
 Sizing the GPU run (an estimate: no imagenette64 epoch has been timed on a GPU yet). On an H200, six
@@ -124,7 +124,11 @@ def evaluate(checkpoint: Path, arguments: argparse.Namespace) -> dict[str, float
         "clean": clean_accuracy(model, samples, batch_size=256).top1,
         "pgd10": robust_accuracy(model, samples, "pgd10", 8 / 255, batch_size=256, restarts=3),
         "pgd20": robust_accuracy(model, samples, "pgd20", 8 / 255, batch_size=256, restarts=3),
-        "iwda": robust_accuracy(model, samples[: arguments.iwda_limit], "iwda-ot", batch_size=64),
+        "iwda": (
+            robust_accuracy(model, samples[: arguments.iwda_limit], "iwda-ot", batch_size=64)
+            if arguments.iwda_limit
+            else math.nan  # not run (--iwda-limit 0)
+        ),
     }
     write_json_atomic(path, result)
     return result
@@ -176,7 +180,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--parallel", type=int, default=1, help="trainings side by side")
     parser.add_argument("--eval-limit", type=int, default=None, help="val images for clean and PGD accuracy")
-    parser.add_argument("--iwda-limit", type=int, default=200, help="val images for accuracy under IWDA")
+    parser.add_argument("--iwda-limit", type=int, default=200, help="val images for accuracy under IWDA (0: not run)")
     parser.add_argument("--runs", type=Path, default=Path("runs/table2"))
     parser.add_argument("--train-per-class", type=int, default=None, help="train on the first N images per class")
     parser.add_argument("--results", default=None, help="results file name (default: table2_<data>.md)")
@@ -211,7 +215,7 @@ def main() -> None:
         for column in COLUMNS:
             values = [100 * results[(method, seed)][column] for seed in range(arguments.seeds)]
             spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-            cells.append(f"{statistics.fmean(values):.1f} ± {spread:.1f}")
+            cells.append("not run" if math.isnan(values[0]) else f"{statistics.fmean(values):.1f} ± {spread:.1f}")
         seconds = statistics.fmean(epoch_seconds[(method, seed)] for seed in range(arguments.seeds))
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {seconds:.1f} |")
     for variant in [method for method in methods if method.startswith("iwdd")] if "pgd" in methods else []:
