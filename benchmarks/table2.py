@@ -214,13 +214,16 @@ def main() -> None:
         cells = []
         for column in COLUMNS:
             values = [100 * results[(method, seed)][column] for seed in range(arguments.seeds)]
+            if math.isnan(values[0]):
+                cells.append("not run")
+                continue
             spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-            cells.append("not run" if math.isnan(values[0]) else f"{statistics.fmean(values):.1f} ± {spread:.1f}")
+            cells.append(f"{statistics.fmean(values):.1f} ± {spread:.1f}")
         seconds = statistics.fmean(epoch_seconds[(method, seed)] for seed in range(arguments.seeds))
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {seconds:.1f} |")
     for variant in [method for method in methods if method.startswith("iwdd")] if "pgd" in methods else []:
         lines += [f"\n{variant} minus PGD training, paired by seed (points, mean ± 95% t-interval half-width):\n"]
-        for column in COLUMNS:
+        for column in [column for column in COLUMNS if not math.isnan(results[(variant, 0)][column])]:
             differences = [
                 100 * (results[(variant, seed)][column] - results[("pgd", seed)][column])
                 for seed in range(arguments.seeds)
