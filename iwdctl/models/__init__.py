@@ -85,8 +85,8 @@ class ImageClassifier(nn.Module):
         batch_granule: int = 1,
     ) -> None:
         super().__init__()
-        # NHWC: oneDNN's and cuDNN's fastest layout (on 2 CPU cores lite0's forward and backward take
-        # 1.47x less time than in NCHW, the CIFAR nets 1.06-1.24x; benchmarks/memory_format.py).
+        # NHWC: oneDNN's and cuDNN's fastest layout (on 2 CPU cores an input gradient of lite0 is 1.15x
+        # faster than in NCHW, of the CIFAR nets 1.16-1.32x; benchmarks/results/memory_format.md).
         self.network = network.to(memory_format=torch.channels_last)
         self.arch = arch
         self.class_names = tuple(class_names)
