@@ -100,11 +100,17 @@ def _tight_edges(cost, prices, assigned):  # type: ignore[no-untyped-def]
     # Rounding in the sums above is far below 1e-12 of the gap's scale; the margin only keeps the
     # auction's own edges (reduced cost <= gap in exact arithmetic) in the graph.
     limit = gap + 1e-12 * (abs(primal) + 1.0)
+    return edges_below(cost, row_dual, -prices, limit, 0.0)
+
+
+def _edges_below(cost, row_duals, column_duals, absolute, relative):  # type: ignore[no-untyped-def]
+    """(rows, columns) of the entries with c_ij - u_i - v_j <= absolute + relative * c_ij, row by row."""
+    n = cost.shape[0]
     count = 0
     for row in range(n):
         values = cost[row]
         for column in range(n):
-            if values[column] + prices[column] - row_dual[row] <= limit:
+            if values[column] - row_duals[row] - column_duals[column] <= absolute + relative * values[column]:
                 count += 1
     rows = np.empty(count, dtype=np.int64)
     columns = np.empty(count, dtype=np.int64)
@@ -112,7 +118,7 @@ def _tight_edges(cost, prices, assigned):  # type: ignore[no-untyped-def]
     for row in range(n):
         values = cost[row]
         for column in range(n):
-            if values[column] + prices[column] - row_dual[row] <= limit:
+            if values[column] - row_duals[row] - column_duals[column] <= absolute + relative * values[column]:
                 rows[index] = row
                 columns[index] = column
                 index += 1
@@ -237,31 +243,9 @@ def _shortest_paths_finish(count, indptr, indices, costs, column_duals, hint):  
     return matched, v
 
 
-def _dual_violations(cost, row_duals, column_duals, relative):  # type: ignore[no-untyped-def]
-    """The edges whose exact cost may lie below u_i + v_j, given stored costs within `relative` of it."""
-    n = cost.shape[0]
-    count = 0
-    for row in range(n):
-        values = cost[row]
-        for column in range(n):
-            if values[column] - row_duals[row] - column_duals[column] < relative * values[column]:
-                count += 1
-    rows = np.empty(count, dtype=np.int64)
-    columns = np.empty(count, dtype=np.int64)
-    index = 0
-    for row in range(n):
-        values = cost[row]
-        for column in range(n):
-            if values[column] - row_duals[row] - column_duals[column] < relative * values[column]:
-                rows[index] = row
-                columns[index] = column
-                index += 1
-    return rows, columns
-
-
 auction = _compile(_auction)
+edges_below = _compile(_edges_below)  # before tight_edges, which calls it
 tight_edges = _compile(_tight_edges)
-dual_violations = _compile(_dual_violations)
 shortest_paths_finish = _compile(_shortest_paths_finish)
 
 
@@ -320,7 +304,8 @@ def min_cost_assignment_within(cost: np.ndarray, exact_costs) -> np.ndarray:  # 
             n, indptr, columns, exact_costs(rows, columns), column_duals, hint
         )
         row_duals = exact_costs(np.arange(n), matched) - column_duals[matched]
-        suspects = dual_violations(cost, row_duals, column_duals, FLOAT32_RELATIVE_ERROR)
+        # Entries that may violate the duals once their rounding is undone (the tight ones among them).
+        suspects = edges_below(cost, row_duals, column_duals, 0.0, FLOAT32_RELATIVE_ERROR)
         reduced = exact_costs(*suspects) - row_duals[suspects[0]] - column_duals[suspects[1]]
         violated = reduced < -1e-12 * (top + 1.0)
         if not violated.any():
