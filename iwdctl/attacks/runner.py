@@ -2,7 +2,8 @@
 them by re-reading the files, and write a report. Resumable per image and shardable with torchrun.
 
 The device only attacks and classifies. A DataLoader's worker processes decode and resize the next
-batches; a pool of writer threads saves each image's PNGs, re-reads them, measures IWD (numba,
+batches, which reach the attack as a stream of images (Attack.stream: attacks that stop early per
+image refill finished rows); a pool of writer threads saves each image's PNGs, re-reads them, measures IWD (numba,
 without the GIL) and writes the image's record while the next batch is attacked. Each image and
 sample draws from its own seeded generator and the classifier pads batches to a fixed granule
 (ImageClassifier.batch_invariant), so the output bytes do not depend on the batch size, the number
