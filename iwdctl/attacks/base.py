@@ -3,6 +3,7 @@ plumbing, so each attack only implements `forward`."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -73,14 +74,20 @@ class Attack(ABC):
     def _run(self, attack: Callable[[list[torch.Generator]], torch.Tensor], seeds: Sequence[int]) -> torch.Tensor:
         """Run `attack(generators)` in eval mode with gradients on; restore the model's mode after."""
         generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        with self.attacking():
+            adversarial = attack(generators)
+        return adversarial.detach().clamp(0, 1)
+
+    @contextlib.contextmanager
+    def attacking(self) -> Iterator[None]:
+        """The model in eval mode with gradients on; its mode is restored after."""
         training = self.model.training
         self.model.eval()
         try:
             with torch.enable_grad():
-                adversarial = attack(generators)
+                yield
         finally:
             self.model.train(training)
-        return adversarial.detach().clamp(0, 1)
 
     @abstractmethod
     def forward(

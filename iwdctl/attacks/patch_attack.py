@@ -153,13 +153,8 @@ class PatchDistributionAttack(Attack):
 
     def _optimize(self, specs: Iterator[_RowSpec], capacity: int) -> Iterator[tuple[Hashable, torch.Tensor]]:
         """(tag, result) of each row as it finishes, with at most `capacity` rows in flight."""
-        training = self.model.training
-        self.model.eval()
-        try:
-            with torch.enable_grad():
-                yield from self._rows(specs, capacity)
-        finally:
-            self.model.train(training)
+        with self.attacking():
+            yield from self._rows(specs, capacity)
 
     def _rows(self, specs: Iterator[_RowSpec], capacity: int) -> Iterator[tuple[Hashable, torch.Tensor]]:
         live: list[_Row] = []
