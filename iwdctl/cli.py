@@ -440,7 +440,7 @@ def defend_command(
 
     if out.suffix != ".safetensors":
         raise IwdctlError(f"{out}: checkpoints are written as .safetensors")
-    for name, value in (("--lr", lr), ("--beta", beta), ("--tau", tau), ("--sample-weight", sample_weight)):
+    for name, value in (("--lr", lr), ("--beta", beta), ("--tau", tau)):
         require_non_negative(value, name)
     budget = parse_budget(eps)
     rank, world_size, target_device = distributed_context(resolve_device(device))

@@ -96,6 +96,10 @@ class TrainConfig:
     def iwdd_refine_steps(self) -> int:
         return self.pgd_steps if self.refine_steps is None else self.refine_steps
 
+    @property
+    def iwdd_refine_alpha(self) -> float:
+        return 2.5 * self.eps / max(1, self.iwdd_refine_steps)  # Madry et al.'s step for IWDD's R steps
+
 
 @dataclass
 class ImageSet:
@@ -467,7 +471,7 @@ class Trainer:
             fake = self.generator(images, noise)
         adversarial = projected_start(images, fake, config.eps)
         if steps := config.iwdd_refine_steps:
-            refine = PGD(self.model, config.eps, 2.5 * config.eps / steps, steps, random_start=False)
+            refine = PGD(self.model, config.eps, config.iwdd_refine_alpha, steps, random_start=False)
             adversarial = refine.refine(images, adversarial, criterion)
         # Classifier: beta * CE(h(x), y) + CE(h(x~), y), divided by 1 + beta so that its gradient has the
         # scale of PGD training's whatever beta (all methods share one learning-rate schedule; undivided,
