@@ -58,12 +58,13 @@ def _diagonal_window_sums(x, y, k, deltas, out):  # type: ignore[no-untyped-def]
                     row[r2 * cols + q2] = total
 
 
-def _diagonal_row_minima(x, y, k, deltas, smallest, second, best):  # type: ignore[no-untyped-def]
-    """The same sweep as _diagonal_window_sums, keeping per row only the smallest sum, the column
-    where it is, and the second smallest, instead of writing the matrix."""
+def _diagonal_row_nearest(x, y, k, deltas, values, columns):  # type: ignore[no-untyped-def]
+    """The same sweep as _diagonal_window_sums, keeping per row only its K smallest sums (ascending in
+    values[row], K = values.shape[1]) and their columns, instead of writing the matrix."""
     channels, height, width = x.shape
     rows = height - k + 1
     cols = width - k + 1
+    kept_count = values.shape[1]
     pixel = np.empty((width, width), dtype=x.dtype)
     ring = np.empty((k, cols, cols), dtype=x.dtype)
     for delta in deltas:
@@ -88,56 +89,57 @@ def _diagonal_row_minima(x, y, k, deltas, smallest, second, best):  # type: igno
                 continue
             r2 = r1 + delta
             for q1 in range(cols):
-                row = r1 * cols + q1
-                low, next_low, where = smallest[row], second[row], best[row]
+                kept = values[r1 * cols + q1]
+                where = columns[r1 * cols + q1]
+                worst = kept[kept_count - 1]
                 for q2 in range(cols):
                     total = ring[0, q1, q2]
                     for a in range(1, k):
                         total += ring[a, q1, q2]
-                    if total < next_low:
-                        if total < low:
-                            next_low = low
-                            low = total
-                            where = r2 * cols + q2
-                        else:
-                            next_low = total
-                smallest[row], second[row], best[row] = low, next_low, where
+                    if total < worst:
+                        position = kept_count - 1
+                        while position > 0 and kept[position - 1] > total:
+                            kept[position] = kept[position - 1]
+                            where[position] = where[position - 1]
+                            position -= 1
+                        kept[position] = total
+                        where[position] = r2 * cols + q2
+                        worst = kept[kept_count - 1]
 
 
 _kernel = numba.njit(nogil=True, cache=True)(_diagonal_window_sums) if numba is not None else None
-_minima_kernel = numba.njit(nogil=True, cache=True)(_diagonal_row_minima) if numba is not None else None
+_nearest_kernel = numba.njit(nogil=True, cache=True)(_diagonal_row_nearest) if numba is not None else None
 
 
-def row_minima(x: torch.Tensor, y: torch.Tensor, patch: int, threads: int = 1) -> tuple[np.ndarray, ...] | None:
-    """Per patch of x (stride 1): the smallest and second smallest window sums of |x - y| over y's
-    patches (float32, not divided by d) and where the smallest is. None without numba."""
-    if _minima_kernel is None:
+def row_nearest(
+    x: torch.Tensor, y: torch.Tensor, patch: int, count: int, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per patch of x (stride 1): its `count` smallest window sums of |x - y| over y's patches
+    (float32, ascending, not divided by d) and those patches' indices. None without numba."""
+    if _nearest_kernel is None:
         return None
     xs = np.ascontiguousarray(x.detach().cpu().float().numpy())
     ys = np.ascontiguousarray(y.detach().cpu().float().numpy())
     rows = xs.shape[1] - patch + 1
-    count = rows * (xs.shape[2] - patch + 1)
+    patches = rows * (xs.shape[2] - patch + 1)
     deltas = np.arange(-(rows - 1), rows, dtype=np.int64)
     parts = max(1, threads)
-    smallest = np.full((parts, count), np.inf, dtype=np.float32)
-    second = np.full((parts, count), np.inf, dtype=np.float32)
-    best = np.zeros((parts, count), dtype=np.int64)
+    values = np.full((parts, patches, count), np.inf, dtype=np.float32)
+    columns = np.zeros((parts, patches, count), dtype=np.int64)
 
     def sweep(part: int) -> None:
-        _minima_kernel(xs, ys, patch, deltas[part::parts], smallest[part], second[part], best[part])
+        _nearest_kernel(xs, ys, patch, deltas[part::parts], values[part], columns[part])
 
     if parts == 1:
         sweep(0)
-    else:
-        with ThreadPoolExecutor(parts) as pool:
-            list(pool.map(sweep, range(parts)))
-    order = np.argsort(smallest, axis=0, kind="stable")
-    ranked = np.take_along_axis(smallest, order, axis=0)
-    columns = np.arange(count)
-    low = ranked[0]
-    # The second smallest overall: the best part's own second, or the runner-up part's smallest.
-    next_low = np.minimum(second[order[0], columns], ranked[1]) if parts > 1 else second[0]
-    return low, next_low, best[order[0], columns]
+        return values[0], columns[0]
+    with ThreadPoolExecutor(parts) as pool:
+        list(pool.map(sweep, range(parts)))
+    # Each part saw other columns: the smallest of their union.
+    values = values.transpose(1, 0, 2).reshape(patches, parts * count)
+    columns = columns.transpose(1, 0, 2).reshape(patches, parts * count)
+    order = np.argsort(values, axis=1, kind="stable")[:, :count]
+    return np.take_along_axis(values, order, axis=1), np.take_along_axis(columns, order, axis=1)
 
 
 def cost_matrix_torch(x: torch.Tensor, y: torch.Tensor, patch: int, stride: int = 1) -> torch.Tensor:

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from iwdctl.assignment import min_cost_assignment, min_cost_assignment_within
-from iwdctl.costs import cost_matrix, cost_matrix_torch, row_minima
+from iwdctl.assignment import min_cost_assignment, min_cost_assignment_within, shortest_paths_finish
+from iwdctl.costs import cost_matrix, cost_matrix_torch, row_nearest
 from iwdctl.errors import InputError
 from iwdctl.runtime import resolve_device
 
@@ -116,31 +116,62 @@ def _occurrence(groups: np.ndarray) -> np.ndarray:
     return rank
 
 
-def _nearest_permutation(
-    x: torch.Tensor, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, patch: int, threads: int
-) -> np.ndarray | None:
-    """The optimal matching when every patch of x has a different nearest patch of y, else None.
+def _pair_costs(u: torch.Tensor, v: torch.Tensor, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Exact (float64) costs of the listed entries, in chunks that bound the memory."""
+    chunk = 65536
+    parts = [
+        (u[torch.from_numpy(rows[at : at + chunk])] - v[torch.from_numpy(columns[at : at + chunk])]).abs().mean(dim=1)
+        for at in range(0, len(rows), chunk)
+    ]
+    return torch.cat(parts).numpy() if parts else np.empty(0)
 
-    If the row minima of the cost matrix fall in distinct columns, giving each row its minimum is
-    optimal (the dual v = 0 certifies it). The minima come from a float32 sweep; rows whose runner-up
-    is within the float32 error of their minimum are re-checked in float64 against every patch.
+
+# The sparse route gives each patch of x its nearest patches of y as candidates: first this many,
+# then, if that graph fails, the next number (one sweep finds both).
+SPARSE_CANDIDATES = (8, 16)
+
+
+def _sparse_optimum(u: torch.Tensor, v: torch.Tensor, nearest: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
+    """The optimal matching found on a sparse graph of each patch's nearest patches, when a dual
+    certificate proves it optimal for the whole cost matrix; else None.
+
+    Each row i keeps K candidate columns and b_i, a lower bound on its cost to any other column.
+    Successive shortest paths solve the sparse problem exactly with exact costs, starting from column
+    duals 0, which they only decrease. So an entry outside the graph has reduced cost
+    c_ij - u_i - v_j >= b_i - u_i, and u_i <= b_i on every row makes the duals feasible for the whole
+    matrix: the matching is optimal. Patches that stay in place (noise, blur, JPEG, attacks'
+    perturbations) pass with 8 candidates; moved ones (shifts, rotations) leave columns no row wants,
+    and go to the dense route.
     """
-    minima = row_minima(x, y, patch, threads)
-    if minima is None:
-        return None
-    low, next_low, columns = minima
-    if np.bincount(columns, minlength=len(columns)).max() > 1:
-        return None
-    # Each window sum adds 3 k^2 terms of at most 1 in float32 from float64 inputs: its error is at
-    # most that many units of 2^-24 times the largest partial sum, 3 k^2.
-    terms = u.shape[1]
+    sums, columns = nearest
+    count, terms = u.shape
+    # Each float32 window sum adds 3 k^2 terms of at most 1, rounded from float64 inputs: its error is
+    # at most that many units of 2^-24 times the largest partial sum, 3 k^2.
     margin = 2.0 * terms * terms * 2.0**-24
-    close = np.nonzero(next_low - low <= margin)[0]
-    for row in close.tolist():
-        costs = (u[row] - v).abs().sum(dim=1)
-        if bool((costs < costs[int(columns[row])]).any()):
-            return None
-    return columns
+    for candidates in SPARSE_CANDIDATES:
+        if candidates >= sums.shape[1]:
+            break
+        graph = columns[:, :candidates]
+        if len(np.unique(graph)) < count:
+            continue  # some column is nobody's candidate: no perfect matching
+        rows = np.repeat(np.arange(count), candidates)
+        costs = _pair_costs(u, v, rows, graph.ravel())
+        try:
+            matched, column_duals = shortest_paths_finish(
+                count,
+                np.arange(0, count * candidates + 1, candidates),
+                graph.ravel(),
+                costs,
+                np.zeros(count),
+                graph[:, 0].copy(),
+            )
+        except ValueError:  # no perfect matching within the graph
+            continue
+        row_duals = costs.reshape(count, candidates)[graph == matched[:, None]] - column_duals[matched]
+        bounds = (sums[:, candidates].astype(np.float64) - margin) / terms
+        if bool((row_duals <= bounds - 1e-15).all()):
+            return matched
+    return None
 
 
 def optimal_matching(x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: int = 1, threads: int = 1) -> np.ndarray:
@@ -182,8 +213,9 @@ def _assignment(
     """The optimal assignment of the kept patches of x to the kept patches of y (indices among them)."""
     if x.device.type != "cpu":
         return _device_assignment(x, y, keep_u, keep_v, patch, stride)
-    if keep_u.all() and stride == 1:
-        columns = _nearest_permutation(x, y, u, v, patch, threads)
+    if keep_u.all() and stride == 1 and len(u) > SPARSE_CANDIDATES[-1]:
+        nearest = row_nearest(x, y, patch, SPARSE_CANDIDATES[-1] + 1, threads)
+        columns = _sparse_optimum(u, v, nearest) if nearest is not None else None
         if columns is not None:
             return columns
     count = int(keep_u.sum())
@@ -194,17 +226,7 @@ def _assignment(
             cost = cost[np.ix_(keep_u, keep_v)]
         kept_u, kept_v = u[torch.from_numpy(keep_u)], v[torch.from_numpy(keep_v)]
 
-        def exact_costs(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-            chunk = 65536
-            parts = [
-                (kept_u[torch.from_numpy(rows[at : at + chunk])] - kept_v[torch.from_numpy(columns[at : at + chunk])])
-                .abs()
-                .mean(dim=1)
-                for at in range(0, len(rows), chunk)
-            ]
-            return torch.cat(parts).numpy() if parts else np.empty(0)
-
-        return min_cost_assignment_within(cost, exact_costs)
+        return min_cost_assignment_within(cost, lambda rows, columns: _pair_costs(kept_u, kept_v, rows, columns))
     cost = cost_matrix(x, y, patch, stride, threads)
     if not keep_u.all():
         cost = cost[np.ix_(keep_u, keep_v)]
@@ -215,8 +237,8 @@ def _device_assignment(
     x: torch.Tensor, y: torch.Tensor, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int
 ) -> np.ndarray:
     """_assignment with the float64 cost matrix built by torch on x's device (a GPU): if its row minima
-    fall in distinct columns they are the optimum (as in _nearest_permutation, here with no rounding
-    to re-check); otherwise the matrix goes to the CPU solver."""
+    fall in distinct columns they are the optimum (the dual v = 0 certifies it); otherwise the matrix
+    goes to the CPU solver."""
     matrix = cost_matrix_torch(x, y, patch, stride)
     if not keep_u.all():
         matrix = matrix[torch.from_numpy(keep_u).to(x.device)][:, torch.from_numpy(keep_v).to(x.device)]

@@ -11,7 +11,7 @@ from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from iwdctl import assignment, distances
-from iwdctl.costs import cost_matrix, cost_matrix_torch
+from iwdctl.costs import cost_matrix, cost_matrix_torch, row_nearest
 from iwdctl.errors import InputError
 from iwdctl.images import load_image
 from iwdctl.iwd import analysis_size, analysis_view, estimate_iwd, exact_iwd, iwd, iwd_pair, optimal_matching, patches
@@ -149,10 +149,75 @@ def test_the_float32_matrix_route_matches_pot(monkeypatch, name):
 
     engine = importlib.import_module("iwdctl.iwd")
     monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", 0)
-    monkeypatch.setattr(engine, "_nearest_permutation", lambda *args: None)
+    monkeypatch.setattr(engine, "_sparse_optimum", lambda *args: None)
     photo = load_image(shared_data("nips17", "images", f"{name}.png"))
     for kind, (x, y) in perturbed_pairs(photo, 40, seed=11).items():
         assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
+
+
+def test_the_sparse_route_certifies_pairs_whose_patches_stay_in_place():
+    """Noise, blur and JPEG pairs are solved on each patch's nearest patches, and certified: the
+    matching it returns costs POT's optimum."""
+    import importlib
+
+    engine = importlib.import_module("iwdctl.iwd")
+    photo = load_image(shared_data("nips17", "images", "c83cfca4bc9dd3c7.png"))
+    for kind, (x, y) in perturbed_pairs(photo, 40, seed=5).items():
+        if kind not in ("noise", "gaussian", "blur", "jpeg"):
+            continue
+        u, v = patches(x, 7, 1), patches(y, 7, 1)
+        for threads in (1, 2):
+            matching = engine._sparse_optimum(u, v, row_nearest(x, y, 7, 17, threads))
+            assert matching is not None, kind
+            value = float((u - v[torch.from_numpy(matching)]).abs().mean(dim=1).mean())
+            assert value == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
+
+
+@pytest.mark.parametrize("candidates", [(2, 3), (3, 4)])
+def test_the_sparse_route_refuses_what_it_cannot_certify(monkeypatch, candidates):
+    """With few candidates on noisy pairs the sparse graph's optimum is often not the true one: the
+    certificate must refuse those (None), and whatever it accepts is optimal."""
+    import importlib
+
+    engine = importlib.import_module("iwdctl.iwd")
+    monkeypatch.setattr(engine, "SPARSE_CANDIDATES", candidates)
+    solved: list[np.ndarray] = []
+
+    def recording(*args):  # type: ignore[no-untyped-def]
+        result = assignment.shortest_paths_finish(*args)
+        solved.append(result[0])
+        return result
+
+    monkeypatch.setattr(engine, "shortest_paths_finish", recording)
+    accepted = refused_suboptimal = 0
+    for seed in range(60):
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 10, 10, generator=generator, dtype=torch.float64), 3, 1, 1)[
+            0
+        ]
+        y = (x + 0.1 * torch.randn(x.shape, generator=generator, dtype=torch.float64)).clamp(0, 1)
+        u, v = patches(x, 3, 1), patches(y, 3, 1)
+        cost = cost_matrix(x, y, 3)
+        optimum = cost[linear_sum_assignment(cost)].sum()
+        solved.clear()
+        matching = engine._sparse_optimum(u, v, row_nearest(x, y, 3, candidates[-1] + 1))
+        if matching is None:
+            costs = [cost[np.arange(len(cost)), found].sum() for found in solved]
+            refused_suboptimal += any(value > optimum * (1 + 1e-9) for value in costs)
+        else:
+            accepted += 1
+            assert cost[np.arange(len(cost)), matching].sum() == pytest.approx(optimum, rel=1e-12), seed
+    assert accepted > 0 and refused_suboptimal > 0
+
+
+def test_row_nearest_agrees_with_the_matrix():
+    generator = torch.Generator().manual_seed(2)
+    x, y = torch.rand(2, 3, 19, 23, generator=generator, dtype=torch.float64)
+    reference = cost_matrix(x, y, 5) * 75
+    for threads in (1, 3):
+        sums, columns = row_nearest(x, y, 5, 6, threads)
+        np.testing.assert_allclose(sums, np.sort(reference, axis=1)[:, :6], rtol=1e-5)
+        np.testing.assert_allclose(np.take_along_axis(reference, columns, axis=1), sums, rtol=1e-5)
 
 
 def test_real_pairs_shift_beats_noise():
