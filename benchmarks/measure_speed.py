@@ -1,6 +1,6 @@
 """Exact IWD against POT, per kind of pair, and the entropic estimate's error.
 
-Pairs are made from nips17 photos the tests do not use (index 600 on), at their native 299 x 299:
+Pairs are made from nips17 photos the tests do not use (index 600 on, or `--first`), at native 299 x 299:
 sign noise (+-8/255), Gaussian noise (sigma 0.03), Gaussian blur (sigma 1), JPEG quality 30, a shift
 (the 288 x 288 window moved by 3 pixels inside the photo), a rotation by 3 degrees, a re-arrangement
 (the photo's 4 x 4 blocks in a random order, seams blurred) and PGD-10 outputs against
@@ -9,7 +9,8 @@ directly in this process (ot.dist cityblock / d, then ot.emd2; start-up free), a
 `iwdctl measure` process (start-up, decoding and resizing included) measures the same files. Both
 at the default analysis size 64 (3364 patches) and at 128 (14884 patches).
 
-    python benchmarks/measure_speed.py [--pairs 3] [--big-pairs 1] [--big-kinds noise,rotation]   # writes benchmarks/results/measure_speed.md
+    python benchmarks/measure_speed.py [--pairs 3] [--big-pairs 1] [--big-kinds noise,rotation] [--first 600]
+        [--estimate-kinds noise,shift]   # writes benchmarks/results/measure_speed.md
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from iwdctl.iwd import analysis_view, estimate_iwd, exact_iwd, patches  # noqa: 
 KINDS = ("noise", "gaussian", "blur", "jpeg", "shift", "rotation", "rearranged", "pgd")
 
 
-def make_pairs(folder: Path, count: int) -> None:
-    """folder/<kind>/orig/NN.png and folder/<kind>/adv/NN.png for every kind."""
-    files = sorted((SHARED / "nips17" / "images").glob("*.png"))[600 : 600 + count]
+def make_pairs(folder: Path, count: int, first: int = 600) -> None:
+    """folder/<kind>/orig/NN.png and folder/<kind>/adv/NN.png for every kind, from photos `first` on."""
+    files = sorted((SHARED / "nips17" / "images").glob("*.png"))[first : first + count]
     generator = torch.Generator().manual_seed(0)
     model = None
     for index, file in enumerate(files):
@@ -108,16 +109,20 @@ def main() -> None:
     parser.add_argument("--big-pairs", type=int, default=1, help="pairs per kind at 128 px")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--big-kinds", default=",".join(KINDS), help="kinds at 128 px (POT takes minutes per pair)")
+    parser.add_argument("--first", type=int, default=600, help="index of the first nips17 photo used")
+    parser.add_argument("--estimate-kinds", default=",".join(KINDS), help="kinds for the 224 px estimate ('' skips)")
     arguments = parser.parse_args()
     kinds = arguments.kinds.split(",")
     lines = [header("Exact IWD against POT, per kind of pair"), __doc__.split("\n\n")[1].replace("\n", " ") + "\n"]
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
-        make_pairs(folder, max(arguments.pairs, arguments.big_pairs))
+        make_pairs(folder, max(arguments.pairs, arguments.big_pairs), arguments.first)
         for size, count, size_kinds in (
             (64, arguments.pairs, kinds),
             (128, arguments.big_pairs, arguments.big_kinds.split(",")),
         ):
+            if count == 0:
+                continue
             lines += [
                 f"\n## Analysis size {size} ({(size - 6) ** 2} patches), exact, {count} pairs per kind\n",
                 "| kind | POT s / pair | iwdctl measure s / pair (whole process) | pairs/s POT | pairs/s iwdctl | speed-up | largest relative difference |",
@@ -137,7 +142,7 @@ def main() -> None:
             "| kind | exact | exact s | estimate | estimate s | error | reported bound |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for kind in kinds:
+        for kind in filter(None, arguments.estimate_kinds.split(",")):
             name = sorted((folder / kind / "orig").glob("*.png"))[0]
             pair = analysis_view(torch.stack([load_image(name), load_image(folder / kind / "adv" / name.name)]), 224)
             start = time.perf_counter()

@@ -58,9 +58,10 @@ def _diagonal_window_sums(x, y, k, deltas, out):  # type: ignore[no-untyped-def]
                     row[r2 * cols + q2] = total
 
 
-def _diagonal_row_nearest(x, y, k, deltas, values, columns):  # type: ignore[no-untyped-def]
-    """The same sweep as _diagonal_window_sums, keeping per row only its K smallest sums (ascending in
-    values[row], K = values.shape[1]) and their columns, instead of writing the matrix."""
+def _diagonal_row_nearest(x, y, k, deltas, offsets, values, columns):  # type: ignore[no-untyped-def]
+    """The same sweep as _diagonal_window_sums, keeping per row only its K smallest values of
+    sum - offsets[column] (ascending in values[row], K = values.shape[1]) and their columns, instead
+    of writing the matrix."""
     channels, height, width = x.shape
     rows = height - k + 1
     cols = width - k + 1
@@ -96,6 +97,7 @@ def _diagonal_row_nearest(x, y, k, deltas, values, columns):  # type: ignore[no-
                     total = ring[0, q1, q2]
                     for a in range(1, k):
                         total += ring[a, q1, q2]
+                    total -= offsets[r2 * cols + q2]
                     if total < worst:
                         position = kept_count - 1
                         while position > 0 and kept[position - 1] > total:
@@ -112,10 +114,11 @@ _nearest_kernel = numba.njit(nogil=True, cache=True)(_diagonal_row_nearest) if n
 
 
 def row_nearest(
-    x: torch.Tensor, y: torch.Tensor, patch: int, count: int, threads: int = 1
+    x: torch.Tensor, y: torch.Tensor, patch: int, count: int, threads: int = 1, offsets: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Per patch of x (stride 1): its `count` smallest window sums of |x - y| over y's patches
-    (float32, ascending, not divided by d) and those patches' indices. None without numba."""
+    """Per patch of x (stride 1): its `count` smallest window sums of |x - y| over y's patches, less
+    `offsets` per patch of y if given (float32, ascending, not divided by d), and those patches'
+    indices. None without numba."""
     if _nearest_kernel is None:
         return None
     xs = np.ascontiguousarray(x.detach().cpu().float().numpy())
@@ -126,9 +129,10 @@ def row_nearest(
     parts = max(1, threads)
     values = np.full((parts, patches, count), np.inf, dtype=np.float32)
     columns = np.zeros((parts, patches, count), dtype=np.int64)
+    shifts = np.zeros(patches, dtype=np.float32) if offsets is None else offsets.astype(np.float32)
 
     def sweep(part: int) -> None:
-        _nearest_kernel(xs, ys, patch, deltas[part::parts], values[part], columns[part])
+        _nearest_kernel(xs, ys, patch, deltas[part::parts], shifts, values[part], columns[part])
 
     if parts == 1:
         sweep(0)

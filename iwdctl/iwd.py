@@ -127,50 +127,75 @@ def _pair_costs(u: torch.Tensor, v: torch.Tensor, rows: np.ndarray, columns: np.
 
 
 # The sparse route gives each patch of x its nearest patches of y as candidates: first this many,
-# then, if that graph fails, the next number (one sweep finds both).
+# then, if that graph has no perfect matching, the next number (one sweep finds both).
 SPARSE_CANDIDATES = (8, 16)
+# It is tried when the nearest patches of at least this share of x's patches are distinct (patches that
+# stayed in place); moved ones (shifts, rotations) crowd onto the same nearest patches.
+SPARSE_DISTINCT_SHARE = 0.95
+# Pricing sweeps that may add edges before the sparse route gives up.
+SPARSE_PRICING_ROUNDS = 3
 
 
-def _sparse_optimum(u: torch.Tensor, v: torch.Tensor, nearest: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
+def _sparse_optimum(
+    x: torch.Tensor, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, patch: int, threads: int
+) -> np.ndarray | None:
     """The optimal matching found on a sparse graph of each patch's nearest patches, when a dual
-    certificate proves it optimal for the whole cost matrix; else None.
+    certificate proves it optimal for the whole cost matrix; else None (the dense route then).
 
-    Each row i keeps K candidate columns and b_i, a lower bound on its cost to any other column.
-    Successive shortest paths solve the sparse problem exactly with exact costs, starting from column
-    duals 0, which they only decrease. So an entry outside the graph has reduced cost
-    c_ij - u_i - v_j >= b_i - u_i, and u_i <= b_i on every row makes the duals feasible for the whole
-    matrix: the matching is optimal. Patches that stay in place (noise, blur, JPEG, attacks'
-    perturbations) pass with 8 candidates; moved ones (shifts, rotations) leave columns no row wants,
-    and go to the dense route.
+    A sweep (no matrix) keeps each row's K nearest columns and b_i, a lower bound on its cost to any
+    other column. Successive shortest paths solve the sparse problem exactly with exact costs,
+    starting from column duals 0, which they only decrease. So an entry outside the graph has reduced
+    cost c_ij - u_i - v_j >= b_i - u_i, and u_i <= b_i on every row makes the duals feasible for the
+    whole matrix: the matching is optimal. Where that fails, a pricing sweep finds each row's smallest
+    reduced costs under the duals; violated entries join the graph, which is solved again from those
+    duals, until no entry of the whole matrix violates them.
     """
-    sums, columns = nearest
     count, terms = u.shape
+    nearest = row_nearest(x, y, patch, SPARSE_CANDIDATES[-1] + 1, threads)
+    if nearest is None or len(np.unique(nearest[1][:, 0])) < SPARSE_DISTINCT_SHARE * count:
+        return None
+    sums, columns = nearest
     # Each float32 window sum adds 3 k^2 terms of at most 1, rounded from float64 inputs: its error is
     # at most that many units of 2^-24 times the largest partial sum, 3 k^2.
     margin = 2.0 * terms * terms * 2.0**-24
     for candidates in SPARSE_CANDIDATES:
-        if candidates >= sums.shape[1]:
-            break
         graph = columns[:, :candidates]
-        if len(np.unique(graph)) < count:
-            continue  # some column is nobody's candidate: no perfect matching
-        rows = np.repeat(np.arange(count), candidates)
-        costs = _pair_costs(u, v, rows, graph.ravel())
+        if len(np.unique(graph)) == count:
+            break
+    else:
+        return None  # some column is nobody's candidate: no perfect matching
+    keys = np.arange(count).repeat(candidates) * count + graph.ravel()
+    column_duals, hint = np.zeros(count), graph[:, 0].copy()
+    bounds = (sums[:, candidates].astype(np.float64) - margin) / terms
+    for _ in range(SPARSE_PRICING_ROUNDS + 1):
+        rows, graph_columns = keys // count, keys % count
+        costs = _pair_costs(u, v, rows, graph_columns)
         try:
             matched, column_duals = shortest_paths_finish(
-                count,
-                np.arange(0, count * candidates + 1, candidates),
-                graph.ravel(),
-                costs,
-                np.zeros(count),
-                graph[:, 0].copy(),
+                count, np.searchsorted(rows, np.arange(count + 1)), graph_columns, costs, column_duals, hint
             )
         except ValueError:  # no perfect matching within the graph
-            continue
-        row_duals = costs.reshape(count, candidates)[graph == matched[:, None]] - column_duals[matched]
-        bounds = (sums[:, candidates].astype(np.float64) - margin) / terms
+            return None
+        row_duals = _pair_costs(u, v, np.arange(count), matched) - column_duals[matched]
+        # Column duals only fell from 0, so entries outside the first candidates have reduced cost at
+        # least b_i - u_i.
         if bool((row_duals <= bounds - 1e-15).all()):
             return matched
+        # Pricing: each row's smallest float32 values of sum_ij - d v_j. Their error adds the rounding of
+        # d v_j and of the difference to the sums' margin.
+        priced_sums, priced = row_nearest(x, y, patch, SPARSE_CANDIDATES[0] + 1, threads, column_duals * terms)
+        error = margin + 2.0**-22 * terms * (float(np.abs(column_duals).max()) + 1.0)
+        listed_rows, listed = np.arange(count).repeat(priced.shape[1]), priced.ravel()
+        violated = _pair_costs(u, v, listed_rows, listed) - column_duals[listed] - row_duals[listed_rows] < -1e-13
+        # Rows whose unlisted entries may be violated too: their whole list joins the graph.
+        short = row_duals > (priced_sums[:, -1].astype(np.float64) - error) / terms - 1e-15
+        if not violated.any() and not short.any():
+            return matched
+        joining = violated | short[listed_rows]
+        grown = np.union1d(keys, listed_rows[joining] * count + listed[joining])
+        if len(grown) == len(keys):
+            return None
+        keys, hint = grown, matched
     return None
 
 
@@ -214,8 +239,7 @@ def _assignment(
     if x.device.type != "cpu":
         return _device_assignment(x, y, keep_u, keep_v, patch, stride)
     if keep_u.all() and stride == 1 and len(u) > SPARSE_CANDIDATES[-1]:
-        nearest = row_nearest(x, y, patch, SPARSE_CANDIDATES[-1] + 1, threads)
-        columns = _sparse_optimum(u, v, nearest) if nearest is not None else None
+        columns = _sparse_optimum(x, y, u, v, patch, threads)
         if columns is not None:
             return columns
     count = int(keep_u.sum())
