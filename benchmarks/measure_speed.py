@@ -40,6 +40,8 @@ KINDS = ("noise", "gaussian", "blur", "jpeg", "shift", "rotation", "rearranged",
 def make_pairs(folder: Path, count: int, first: int = 600) -> None:
     """folder/<kind>/orig/NN.png and folder/<kind>/adv/NN.png for every kind, from photos `first` on."""
     files = sorted((SHARED / "nips17" / "images").glob("*.png"))[first : first + count]
+    if len(files) < count:
+        raise SystemExit(f"{SHARED / 'nips17' / 'images'}: fewer than {first + count} photos")
     generator = torch.Generator().manual_seed(0)
     model = None
     for index, file in enumerate(files):
