@@ -6,7 +6,10 @@ the shipped tiny6 models (`tiny6-natural`, `tiny6-pgd`, `tiny6-free`, `tiny6-iwd
 itself (one process per method and mode), so the numbers are what users get. ASR counts every
 attacked image; "ASR on correct" only those the victim classifies correctly before the attack (for
 robust models the meaningful figure). Diversity: a second run with `--num 4` on fewer images gives
-the mean pairwise l2 and IWD among each image's 4 samples.
+the mean pairwise l2 and IWD among each image's 4 samples. Also written: the paper's Figure 6 (histograms
+of l2, l-inf and IWD per method, untargeted runs, `attack_benchmark_<victim>_figure6.png`) and, from
+each `--num 4` run, a contact sheet of its first images (`contact_<victim>_<method>_<mode>.jpg`: the
+classifier's view of the original, then the 4 samples, captioned with the victim's prediction).
 
     python benchmarks/attack_benchmark.py --victim lite0 [--scale 1.0] [--methods pgd,iwda-ot]
     python benchmarks/attack_benchmark.py --victim tiny6-pgd      # writes attack_benchmark_<victim>.md
@@ -28,8 +31,10 @@ from PIL import Image
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED, header, write_results  # noqa: E402
+from common import RESULTS, ROOT, SHARED, header, write_results  # noqa: E402
 
+from iwdctl.files import write_atomic  # noqa: E402
+from iwdctl.measure import PairResult, plot_histograms  # noqa: E402
 from iwdctl.models import ImageClassifier, load_classifier  # noqa: E402
 
 # method -> images per mode for lite0 on 2 CPU cores (extra options); tiny6 victims attack every
@@ -112,6 +117,38 @@ def correct_only(out: Path) -> tuple[float, int]:
     return (sum(r["success"] for r in records) / len(records) if records else 0.0), len(records)
 
 
+CONTACT_ROWS = 4
+
+
+def figure6_rows(out: Path, method: str) -> list[PairResult]:
+    """The untargeted run's per-image distances, as `iwdctl measure` rows for its histogram plot."""
+    records = json.loads((out / "report.json").read_text())["images"]
+    return [
+        PairResult(
+            orig=record["input"],
+            adv=record["outputs"][0],
+            method=method,
+            l2=record["l2"],
+            linf=record["linf"],
+            iwd=record["iwd"],
+            ssim=float("nan"),  # not in the attack's report; the plot does not use it
+            iwd_exact=record["iwd_mode"] == "exact",
+            iwd_bound=0.0,
+        )
+        for record in records
+        if record["iwd"] is not None
+    ]
+
+
+def save_contact_sheet(out: Path, name: str) -> None:
+    """The first CONTACT_ROWS rows of the run's grid.png, as a JPEG in the results folder."""
+    sheet = Image.open(out / "grid.png").convert("RGB")
+    row_height = sheet.height // len(json.loads((out / "report.json").read_text())["images"])
+    sheet = sheet.crop((0, 0, sheet.width, min(sheet.height, CONTACT_ROWS * row_height)))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_atomic(RESULTS / name, lambda temporary: sheet.save(temporary, format="JPEG", quality=88))
+
+
 def run_attack(command: list[str]) -> dict:
     subprocess.run(command, check=True, capture_output=True)
     out = Path(command[command.index("--out") + 1])
@@ -125,6 +162,9 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=10, help="tiny6 images per class")
     parser.add_argument("--diversity-images", type=int, default=10, help="images of the --num 4 runs")
     parser.add_argument("--methods", default=",".join(method for method, _, _ in PLAN))
+    parser.add_argument(
+        "--modes", default="untargeted,targeted", help="targeted runs only where the victim has targets"
+    )
     parser.add_argument("--keep", type=Path, help="keep the attacks' output folders here (default: discarded)")
     arguments = parser.parse_args()
     chosen = arguments.methods.split(",")
@@ -151,6 +191,7 @@ def main() -> None:
         "| --- " * (11 + 3 * victim.reread) + "|",
     ]
     commands = []
+    histogram_rows: list[PairResult] = []
     with tempfile.TemporaryDirectory() as scratch:
         temporary = Path(arguments.keep or scratch)
         data = victim.data
@@ -160,7 +201,7 @@ def main() -> None:
             if method not in chosen or (method == "iwda" and not victim.reread):
                 continue
             count = max(1, round(count * arguments.scale)) if victim.reread else 6 * arguments.per_class
-            for mode in ("untargeted", "targeted") if victim.targets else ("untargeted",):
+            for mode in [mode for mode in arguments.modes.split(",") if victim.targets or mode == "untargeted"]:
                 out = temporary / f"{arguments.victim}-{method}-{mode}"
                 base = ["iwdctl", "attack", str(data), "--model", victim.model, "--method", method, "-q", *extra]
                 if mode == "targeted":
@@ -190,6 +231,11 @@ def main() -> None:
                 summary = run_attack(command)
                 wall = time.perf_counter() - start
                 diverse = run_attack(runs[1]) if len(runs) > 1 else None
+                if diverse is not None:
+                    save_contact_sheet(Path(f"{out}-num4"), f"contact_{arguments.victim}_{method}_{mode}.jpg")
+                if mode == "untargeted":
+                    histogram_rows += figure6_rows(out, method)
+                    plot_histograms(histogram_rows, RESULTS / f"attack_benchmark_{arguments.victim}_figure6.png")
                 on_correct, correct = correct_only(out)
                 diversity = f"{diverse['diversity_l2']:.3f} | {diverse['diversity_iwd']:.5f}" if diverse else "- | -"
                 row = (
