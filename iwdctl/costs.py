@@ -68,6 +68,7 @@ def _diagonal_row_nearest(x, y, k, deltas, offsets, values, columns):  # type: i
     kept_count = values.shape[1]
     pixel = np.empty((width, width), dtype=x.dtype)
     ring = np.empty((k, cols, cols), dtype=x.dtype)
+    totals = np.empty(cols, dtype=x.dtype)
     for delta in deltas:
         first = max(0, -delta)
         stop = min(rows, rows - delta)
@@ -89,15 +90,19 @@ def _diagonal_row_nearest(x, y, k, deltas, offsets, values, columns):  # type: i
             if r1 < first:
                 continue
             r2 = r1 + delta
+            shifts = offsets[r2 * cols : (r2 + 1) * cols]
             for q1 in range(cols):
                 kept = values[r1 * cols + q1]
                 where = columns[r1 * cols + q1]
                 worst = kept[kept_count - 1]
+                # The row's sums first (a loop the compiler vectorises), then the rare insertions.
                 for q2 in range(cols):
-                    total = ring[0, q1, q2]
-                    for a in range(1, k):
-                        total += ring[a, q1, q2]
-                    total -= offsets[r2 * cols + q2]
+                    totals[q2] = ring[0, q1, q2] - shifts[q2]
+                for a in range(1, k):
+                    for q2 in range(cols):
+                        totals[q2] += ring[a, q1, q2]
+                for q2 in range(cols):
+                    total = totals[q2]
                     if total < worst:
                         position = kept_count - 1
                         while position > 0 and kept[position - 1] > total:
