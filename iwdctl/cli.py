@@ -6,9 +6,8 @@ import sys
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import torch
 import typer
 from rich.table import Table
 
@@ -16,6 +15,9 @@ from iwdctl.console import console, error_console, progress_bar
 from iwdctl.errors import IwdctlError
 from iwdctl.files import write_json_atomic
 from iwdctl.runtime import resolve_device, seed_everything
+
+if TYPE_CHECKING:  # imported by the commands that need it: `measure` on a CPU runs without torch
+    import torch
 
 app = typer.Typer(
     name="iwdctl",
@@ -208,9 +210,9 @@ def measure_command(
         summarize,
         write_csv,
     )
-    from iwdctl.runtime import resolve_device
+    from iwdctl.runtime import device_name
 
-    settings = MeasureSettings(patch, stride, size, True if approx else None, resize, str(resolve_device(device)))
+    settings = MeasureSettings(patch, stride, size, True if approx else None, resize, device_name(device))
     pairing = pair_images(orig, adv, strict)
     with progress_bar(quiet, unit="pairs") as progress:
         results = measure_pairs(pairing.pairs, settings, progress, workers)

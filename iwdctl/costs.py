@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from iwdctl.assignment import numba
+
+if TYPE_CHECKING:
+    import torch
+
+
+def as_array(image: Any, dtype: type) -> np.ndarray:
+    """A C-contiguous NumPy copy (or view) of an array or a tensor on any device."""
+    if hasattr(image, "detach"):  # a torch tensor
+        image = image.detach().cpu().numpy()
+    return np.ascontiguousarray(image, dtype=dtype)
 
 
 def _diagonal_window_sums(x, y, k, deltas, out):  # type: ignore[no-untyped-def]
@@ -119,15 +128,19 @@ _nearest_kernel = numba.njit(nogil=True, cache=True)(_diagonal_row_nearest) if n
 
 
 def row_nearest(
-    x: torch.Tensor, y: torch.Tensor, patch: int, count: int, threads: int = 1, offsets: np.ndarray | None = None
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    patch: int,
+    count: int,
+    threads: int = 1,
+    offsets: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Per patch of x (stride 1): its `count` smallest window sums of |x - y| over y's patches, less
     `offsets` per patch of y if given (float32, ascending, not divided by d), and those patches'
     indices. None without numba."""
     if _nearest_kernel is None:
         return None
-    xs = np.ascontiguousarray(x.detach().cpu().float().numpy())
-    ys = np.ascontiguousarray(y.detach().cpu().float().numpy())
+    xs, ys = as_array(x, np.float32), as_array(y, np.float32)
     rows = xs.shape[1] - patch + 1
     patches = rows * (xs.shape[2] - patch + 1)
     deltas = np.arange(-(rows - 1), rows, dtype=np.int64)
@@ -153,6 +166,9 @@ def row_nearest(
 
 def cost_matrix_torch(x: torch.Tensor, y: torch.Tensor, patch: int, stride: int = 1) -> torch.Tensor:
     """The dense matrix with torch on x's device: batched (B, 3, H, W) pairs give (B, N, N)."""
+    import torch
+    import torch.nn.functional as F
+
     batched = x.dim() == 4
     xs, ys = (x, y) if batched else (x[None], y[None])
     u = F.unfold(xs, patch, stride=stride).transpose(1, 2)
@@ -162,14 +178,21 @@ def cost_matrix_torch(x: torch.Tensor, y: torch.Tensor, patch: int, stride: int 
 
 
 def cost_matrix(
-    x: torch.Tensor, y: torch.Tensor, patch: int, stride: int = 1, threads: int = 1, dtype: type = np.float64
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    patch: int,
+    stride: int = 1,
+    threads: int = 1,
+    dtype: type = np.float64,
 ) -> np.ndarray:
     """C[i, j] = mean |u_i - v_j| for two images (3, H, W), as a NumPy array. The sums are taken in
     float64 whatever `dtype`; float32 storage only rounds each entry (and its division)."""
-    if _kernel is None or stride != 1 or x.device.type != "cpu":
-        return cost_matrix_torch(x.double(), y.double(), patch, stride).cpu().numpy().astype(dtype, copy=False)
-    xs = np.ascontiguousarray(x.detach().cpu().double().numpy())
-    ys = np.ascontiguousarray(y.detach().cpu().double().numpy())
+    if _kernel is None or stride != 1 or (hasattr(x, "detach") and x.device.type != "cpu"):
+        import torch
+
+        pair = torch.as_tensor(x).double(), torch.as_tensor(y).double()
+        return cost_matrix_torch(*pair, patch, stride).cpu().numpy().astype(dtype, copy=False)
+    xs, ys = as_array(x, np.float64), as_array(y, np.float64)
     rows = xs.shape[1] - patch + 1
     count = rows * (xs.shape[2] - patch + 1)
     out = np.empty((count, count), dtype=dtype)

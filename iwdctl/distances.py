@@ -5,11 +5,13 @@ Each takes batches (N, 3, H, W) in [0, 1] and returns a float64 tensor of N valu
 
 from __future__ import annotations
 
-from typing import Protocol
-
-import torch
+import math
+from typing import TYPE_CHECKING, Any, Protocol
 
 from iwdctl.iwd import iwd
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Distance(Protocol):
@@ -49,29 +51,36 @@ class SSIM:
         self.window, self.sigma = window, sigma
 
     def __call__(self, reference: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
-        x, y = reference.double(), perturbed.double()
-        size = min(self.window, *x.shape[-2:])
-        coordinates = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-        gauss = torch.exp(-(coordinates**2) / (2 * self.sigma**2))
-        gauss = gauss / gauss.sum()
+        return ssim_values(reference.double(), perturbed.double(), self.window, self.sigma)
 
-        def blur(image: torch.Tensor) -> torch.Tensor:
-            # The Gaussian window is separable: two 1-D passes of shifted, weighted sums (float64 conv2d
-            # has no fast kernel on a CPU; these are 5x faster).
-            for dim in (2, 3):
-                length = image.shape[dim] - size + 1
-                passed = image.narrow(dim, 0, length) * float(gauss[0])
-                for offset in range(1, size):
-                    passed.add_(image.narrow(dim, offset, length), alpha=float(gauss[offset]))
-                image = passed
-            return image
 
-        # The five maps blurred in one batch.
-        mu_x, mu_y, xx, yy, xy = blur(torch.cat([x, y, x * x, y * y, x * y])).split(len(x))
-        c1, c2 = 0.01**2, 0.03**2
-        var_x, var_y, covariance = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
-        ssim_map = ((2 * mu_x * mu_y + c1) * (2 * covariance + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-        return ssim_map.flatten(1).mean(dim=1)
+def ssim_values(x: Any, y: Any, window: int = 11, sigma: float = 1.5) -> Any:
+    """SSIM (see the class) of float64 batches (N, 3, H, W): torch tensors or NumPy arrays alike."""
+    size = min(window, *x.shape[-2:])
+    gauss = [math.exp(-((offset - (size - 1) / 2) ** 2) / (2 * sigma**2)) for offset in range(size)]
+    gauss = [weight / math.fsum(gauss) for weight in gauss]
+
+    def shifted(image: Any, axis: int, offset: int, length: int) -> Any:
+        index = [slice(None)] * image.ndim
+        index[axis] = slice(offset, offset + length)
+        return image[tuple(index)]
+
+    def blur(image: Any) -> Any:
+        # The Gaussian window is separable: two 1-D passes of shifted, weighted sums (float64 conv2d
+        # has no fast kernel on a CPU; these are 5x faster).
+        for axis in (-2, -1):
+            length = image.shape[axis] - size + 1
+            passed = shifted(image, axis, 0, length) * gauss[0]
+            for offset in range(1, size):
+                passed += shifted(image, axis, offset, length) * gauss[offset]
+            image = passed
+        return image
+
+    mu_x, mu_y, xx, yy, xy = (blur(image) for image in (x, y, x * x, y * y, x * y))
+    c1, c2 = 0.01**2, 0.03**2
+    var_x, var_y, covariance = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * covariance + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.reshape(ssim_map.shape[0], -1).mean(-1)
 
 
 class IWD:

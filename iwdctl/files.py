@@ -10,6 +10,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+# The process's umask, read once at import (reading it means setting it, which is not thread-safe):
+# mkstemp creates files readable by their owner only, and finished files get the usual mode instead.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -20,6 +25,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(temporary)
+        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from iwdctl.errors import InputError
 from iwdctl.files import write_atomic
+
+if TYPE_CHECKING:  # torch is imported where it is used: `iwdctl measure` on a CPU runs without it
+    import torch
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
@@ -27,7 +30,14 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
 
 
 def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """Load an image as a float32 tensor (3, H, W) in [0, 1].
+    """Load an image as a float32 tensor (3, H, W) in [0, 1] (see read_image)."""
+    import torch
+
+    return torch.from_numpy(read_image(path))
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image as a float32 array (3, H, W) in [0, 1].
 
     Handles JPEG, PNG (8 and 16 bit), grayscale, RGBA / LA / palette (alpha dropped), CMYK and
     EXIF orientation. A missing, unreadable or truncated file raises InputError.
@@ -44,14 +54,14 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
             with Image.open(path) as image:
                 image.load()
                 image = ImageOps.exif_transpose(image)
-                return _to_tensor(image)
+                return _to_array(image)
     except UnidentifiedImageError as error:
         raise InputError(f"{path}: not an image Pillow can read") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise InputError(f"{path}: cannot read image ({error})") from error
 
 
-def _to_tensor(image: Image.Image) -> torch.Tensor:
+def _to_array(image: Image.Image) -> np.ndarray:
     if image.mode in _WIDE_MODES:
         gray = np.asarray(image, dtype=np.float64) / _WIDE_MODES[image.mode]
         array = np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2)
@@ -62,11 +72,13 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
         if image.mode in ("P", "PA", "LA", "La", "RGBa"):
             image = image.convert("RGBA")
         array = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float()
+    return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """(3, H, W) in [0, 1] -> (H, W, 3) uint8, rounding to the nearest level."""
+    import torch
+
     array = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
     return array.permute(1, 2, 0).cpu().numpy()
 

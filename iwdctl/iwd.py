@@ -30,15 +30,20 @@ import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from iwdctl.assignment import min_cost_assignment, min_cost_assignment_within, shortest_paths_finish
-from iwdctl.costs import cost_matrix, cost_matrix_torch, row_nearest
+from iwdctl.costs import as_array, cost_matrix, cost_matrix_torch, row_nearest
 from iwdctl.errors import InputError
-from iwdctl.runtime import resolve_device
+from iwdctl.runtime import device_name
+
+if TYPE_CHECKING:
+    import torch
+
+# The exact value on a CPU runs on NumPy arrays: `iwdctl measure` never imports torch there (2 s of
+# its start-up). torch (imported where used) serves tensors on a device and the entropic estimate.
 
 # Above this many patches (a 200 MB float64 matrix: more than 76 x 76 pixels at 7 x 7) the dense
 # matrix is stored in float32 and the optimum certified with exact costs (min_cost_assignment_within).
@@ -79,10 +84,40 @@ def analysis_size(height: int, width: int, size: int) -> tuple[int, int]:
 
 def analysis_view(images: torch.Tensor, size: int) -> torch.Tensor:
     """(N, 3, H, W) resized for IWD (bilinear, antialiased) when the shorter side exceeds `size`."""
+    import torch.nn.functional as F
+
     target = analysis_size(images.shape[-2], images.shape[-1], size)
     if target == tuple(images.shape[-2:]):
         return images
     return F.interpolate(images, size=target, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def _antialiased_weights(source: int, target: int) -> np.ndarray:
+    """(target, source) weights of torch's antialiased bilinear resize (align_corners=False): a
+    triangle filter widened by the downscaling factor, normalised per output pixel."""
+    scale = source / target
+    support, inverse = (scale, 1.0 / scale) if scale >= 1.0 else (1.0, 1.0)
+    weights = np.zeros((target, source))
+    for index in range(target):
+        center = scale * (index + 0.5)
+        low, high = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), source)
+        taps = np.maximum(0.0, 1.0 - np.abs((np.arange(low, high) - center + 0.5) * inverse))
+        weights[index, low:high] = taps / taps.sum() if taps.sum() != 0 else taps
+    return weights
+
+
+def resize_array(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(..., H, W) float64 resized to `size` as analysis_view does (width first, then height), in
+    [0, 1]; equal to torch's result up to rounding (tested to 1e-12)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    across = images @ _antialiased_weights(images.shape[-1], size[1]).T
+    return np.clip(_antialiased_weights(images.shape[-2], size[0]) @ across, 0.0, 1.0)
+
+
+def analysis_array(images: np.ndarray, size: int) -> np.ndarray:
+    """analysis_view for NumPy arrays (..., 3, H, W) in float64."""
+    return resize_array(images, analysis_size(images.shape[-2], images.shape[-1], size))
 
 
 def patch_count(height: int, width: int, patch: int, stride: int) -> int:
@@ -91,14 +126,22 @@ def patch_count(height: int, width: int, patch: int, stride: int) -> int:
 
 def patches(image: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
     """(3, H, W) -> (N, 3 k^2): every k x k patch at the given stride, flattened."""
+    import torch.nn.functional as F
+
     return F.unfold(image[None], patch, stride=stride)[0].T.contiguous()
 
 
-def _unshared(u: torch.Tensor, v: torch.Tensor) -> tuple[np.ndarray, ...]:
+def patch_array(image: np.ndarray, patch: int, stride: int) -> np.ndarray:
+    """patches() for a NumPy array: the same patches in the same order (channel, row, column)."""
+    windows = np.lib.stride_tricks.sliding_window_view(image, (patch, patch), axis=(1, 2))[:, ::stride, ::stride]
+    return np.ascontiguousarray(windows.transpose(1, 2, 0, 3, 4)).reshape(-1, image.shape[0] * patch * patch)
+
+
+def _unshared(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...]:
     """Boolean masks of the patches left once identical patches of u and v are matched to each other,
     and each patch's group of identical patches."""
-    _, groups = torch.unique(torch.cat([u, v]), dim=0, return_inverse=True)
-    groups = groups.cpu().numpy()
+    _, groups = np.unique(np.concatenate([u, v]), axis=0, return_inverse=True)
+    groups = groups.ravel()
     group_u, group_v = groups[: len(u)], groups[len(u) :]
     count = int(groups.max()) + 1
     shared = np.minimum(np.bincount(group_u, minlength=count), np.bincount(group_v, minlength=count))
@@ -116,14 +159,13 @@ def _occurrence(groups: np.ndarray) -> np.ndarray:
     return rank
 
 
-def _pair_costs(u: torch.Tensor, v: torch.Tensor, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+def _pair_costs(u: np.ndarray, v: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """Exact (float64) costs of the listed entries, in chunks that bound the memory."""
     chunk = 65536
     parts = [
-        (u[torch.from_numpy(rows[at : at + chunk])] - v[torch.from_numpy(columns[at : at + chunk])]).abs().mean(dim=1)
-        for at in range(0, len(rows), chunk)
+        np.abs(u[rows[at : at + chunk]] - v[columns[at : at + chunk]]).mean(axis=1) for at in range(0, len(rows), chunk)
     ]
-    return torch.cat(parts).numpy() if parts else np.empty(0)
+    return np.concatenate(parts) if parts else np.empty(0)
 
 
 # The sparse route gives each patch of x its nearest patches of y as candidates: first this many,
@@ -137,7 +179,7 @@ SPARSE_PRICING_ROUNDS = 3
 
 
 def _sparse_optimum(
-    x: torch.Tensor, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, patch: int, threads: int
+    x: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray, patch: int, threads: int
 ) -> np.ndarray | None:
     """The optimal matching found on a sparse graph of each patch's nearest patches, when a dual
     certificate proves it optimal for the whole cost matrix; else None (the dense route then).
@@ -199,18 +241,21 @@ def _sparse_optimum(
     return None
 
 
-def optimal_matching(x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: int = 1, threads: int = 1) -> np.ndarray:
+def optimal_matching(x: Any, y: Any, patch: int = 7, stride: int = 1, threads: int = 1) -> np.ndarray:
     """An optimal one-to-one matching of the patches of two analysis-size images (3, H, W): entry i is
-    the patch of y matched to patch i of x. Identical patches are matched to each other first."""
+    the patch of y matched to patch i of x. Identical patches are matched to each other first.
+    x and y are tensors (on any device) or NumPy arrays."""
     return _matching(x, y, patch, stride, threads)[0]
 
 
-def _matching(
-    x: torch.Tensor, y: torch.Tensor, patch: int, stride: int, threads: int
-) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """optimal_matching, with the float64 patches of x and y (CPU) it was computed from."""
-    x, y = x.detach().double(), y.detach().double()
-    u, v = patches(x, patch, stride).cpu(), patches(y, patch, stride).cpu()
+def _on_accelerator(image: Any) -> bool:
+    return hasattr(image, "detach") and image.device.type != "cpu"  # a torch tensor on a GPU
+
+
+def _matching(x: Any, y: Any, patch: int, stride: int, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """optimal_matching, with the float64 patches of x and y (NumPy) it was computed from."""
+    xs, ys = as_array(x, np.float64), as_array(y, np.float64)
+    u, v = patch_array(xs, patch, stride), patch_array(ys, patch, stride)
     keep_u, keep_v, groups_u, groups_v = _unshared(u, v)
     matching = np.empty(len(u), dtype=np.int64)
     # The k-th copy of a patch in x is matched to the k-th copy in y: both sides list their shared
@@ -220,15 +265,17 @@ def _matching(
         np.argsort(groups_v[shared_v], kind="stable")
     ]
     if keep_u.any():
-        matching[keep_u] = np.nonzero(keep_v)[0][_assignment(x, y, u, v, keep_u, keep_v, patch, stride, threads)]
+        # Tensors on a GPU keep their device: the cost matrix is built there.
+        pair = (x.detach().double(), y.detach().double()) if _on_accelerator(x) else (xs, ys)
+        matching[keep_u] = np.nonzero(keep_v)[0][_assignment(*pair, u, v, keep_u, keep_v, patch, stride, threads)]
     return matching, u, v
 
 
 def _assignment(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    u: torch.Tensor,
-    v: torch.Tensor,
+    x: Any,
+    y: Any,
+    u: np.ndarray,
+    v: np.ndarray,
     keep_u: np.ndarray,
     keep_v: np.ndarray,
     patch: int,
@@ -236,7 +283,7 @@ def _assignment(
     threads: int,
 ) -> np.ndarray:
     """The optimal assignment of the kept patches of x to the kept patches of y (indices among them)."""
-    if x.device.type != "cpu":
+    if _on_accelerator(x):
         return _device_assignment(x, y, keep_u, keep_v, patch, stride)
     if keep_u.all() and stride == 1 and len(u) > SPARSE_CANDIDATES[-1]:
         columns = _sparse_optimum(x, y, u, v, patch, threads)
@@ -248,8 +295,7 @@ def _assignment(
         cost = cost_matrix(x, y, patch, stride, threads, dtype=np.float32)
         if not keep_u.all():
             cost = cost[np.ix_(keep_u, keep_v)]
-        kept_u, kept_v = u[torch.from_numpy(keep_u)], v[torch.from_numpy(keep_v)]
-
+        kept_u, kept_v = u[keep_u], v[keep_v]
         return min_cost_assignment_within(cost, lambda rows, columns: _pair_costs(kept_u, kept_v, rows, columns))
     cost = cost_matrix(x, y, patch, stride, threads)
     if not keep_u.all():
@@ -257,12 +303,13 @@ def _assignment(
     return min_cost_assignment(cost)
 
 
-def _device_assignment(
-    x: torch.Tensor, y: torch.Tensor, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int
-) -> np.ndarray:
+def _device_assignment(x: Any, y: Any, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int) -> np.ndarray:
     """_assignment with the float64 cost matrix built by torch on x's device (a GPU): if its row minima
     fall in distinct columns they are the optimum (the dual v = 0 certifies it); otherwise the matrix
     goes to the CPU solver."""
+    import torch
+
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
     matrix = cost_matrix_torch(x, y, patch, stride)
     if not keep_u.all():
         matrix = matrix[torch.from_numpy(keep_u).to(x.device)][:, torch.from_numpy(keep_v).to(x.device)]
@@ -272,12 +319,12 @@ def _device_assignment(
     return min_cost_assignment(matrix.cpu().numpy())
 
 
-def exact_iwd(x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: int = 1, threads: int = 1) -> float:
-    """Exact IWD of two analysis-size images (3, H, W), in float64. `threads` split the cost matrix."""
+def exact_iwd(x: Any, y: Any, patch: int = 7, stride: int = 1, threads: int = 1) -> float:
+    """Exact IWD of two analysis-size images (3, H, W) (tensors or NumPy arrays), in float64.
+    `threads` split the cost matrix."""
     matching, u, v = _matching(x, y, patch, stride, threads)
     # The value from the matched patches' costs summed directly, not from the matrix, as POT does.
-    matched = (u - v[torch.from_numpy(matching)]).abs().mean(dim=1)
-    return float(matched.sum() / len(u))
+    return float(np.abs(u - v[matching]).mean(axis=1).sum() / len(u))
 
 
 # ----- the entropic estimate --------------------------------------------------------------------
@@ -287,6 +334,8 @@ class _CostRows:
     """Row blocks of the float32 cost matrix on the device: stored once when it fits, else recomputed."""
 
     def __init__(self, u: torch.Tensor, v: torch.Tensor, block: int) -> None:
+        import torch
+
         self.u, self.v, self.block = u, v, block
         self.count = len(u)
         self.stored: torch.Tensor | None = None
@@ -294,15 +343,20 @@ class _CostRows:
             self.stored = torch.cat([self._compute(start) for start in range(0, self.count, block)])
 
     def _fits(self, device: torch.device) -> bool:
+        import torch
+
         if device.type != "cuda":
             return self.count <= EXACT_LIMIT  # at most 1 GB on a CPU
         free, _ = torch.cuda.mem_get_info(device)
         return self.count * self.count * 4 < 0.5 * free
 
     def _compute(self, start: int) -> torch.Tensor:
+        import torch
+
         return torch.cdist(self.u[start : start + self.block], self.v, p=1).div_(self.u.shape[1])
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+
         for start in range(0, self.count, self.block):
             rows = self.stored[start : start + self.block] if self.stored is not None else self._compute(start)
             yield start, rows
@@ -310,6 +364,8 @@ class _CostRows:
 
 def _sinkhorn_pass(cost: _CostRows, f: torch.Tensor, g: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One row update then one column update of the potentials (uniform weights, log domain)."""
+    import torch
+
     log_n = math.log(cost.count)
     new_f = torch.empty_like(f)
     for start, rows in cost:
@@ -328,6 +384,8 @@ def _sinkhorn_pass(cost: _CostRows, f: torch.Tensor, g: torch.Tensor, eps: float
 
 def _bracket(cost: _CostRows, f: torch.Tensor, g: torch.Tensor, eps: float) -> tuple[float, float]:
     """A lower bound (dual of the c-transform) and an upper bound (cost of the rounded plan) on IWD."""
+    import torch
+
     count = cost.count
     target = 1.0 / count
     # Lower bound: f~_i = min_j (C_ij - g_j) makes (f~, g) feasible; its dual value is <= IWD.
@@ -337,6 +395,8 @@ def _bracket(cost: _CostRows, f: torch.Tensor, g: torch.Tensor, eps: float) -> t
     lower = float(transformed.double().mean() + g.double().mean())
 
     def plan(start: int, rows: torch.Tensor) -> torch.Tensor:
+        import torch
+
         return torch.exp((f[start : start + len(rows), None] + g[None, :] - rows) / eps) * (target * target)
 
     # Rounding: scale rows down to at most their mass, then columns, then spread the missing mass.
@@ -379,6 +439,8 @@ def estimate_iwd(
     1e-6 for noise, blur and JPEG pairs; a few percent for rotated or re-arranged ones, whose plans
     converge slowly at small epsilon). The bound includes FLOAT32_ALLOWANCE x the largest cost.
     """
+    import torch
+
     u = patches(x.float(), patch, stride)
     v = patches(y.float(), patch, stride)
     block = max(1, min(len(u), (64 * 2**20) // (4 * len(v))))  # about 64 MB of scores per block
@@ -406,7 +468,7 @@ def estimate_iwd(
     return middle, ((upper - lower) / 2 + FLOAT32_ALLOWANCE * largest) / max(lower, 1e-300)
 
 
-def check_pair(x: torch.Tensor, y: torch.Tensor, patch: int) -> None:
+def check_pair(x: Any, y: Any, patch: int) -> None:
     if x.shape != y.shape:
         raise InputError(f"images differ in size: {tuple(x.shape[-2:])} and {tuple(y.shape[-2:])} (use --resize)")
     if min(x.shape[-2:]) < patch:
@@ -414,8 +476,8 @@ def check_pair(x: torch.Tensor, y: torch.Tensor, patch: int) -> None:
 
 
 def iwd_pair(
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: Any,
+    y: Any,
     patch: int = 7,
     stride: int = 1,
     size: int = 64,
@@ -423,25 +485,31 @@ def iwd_pair(
     device: str | torch.device | None = None,
     threads: int = 1,
 ) -> IWDValue:
-    """IWD of one pair (3, H, W) at full resolution; `approx` None: exact up to EXACT_LIMIT patches.
+    """IWD of one pair (3, H, W), tensors or NumPy arrays, at full resolution; `approx` None: exact up
+    to EXACT_LIMIT patches.
 
-    The analysis view and cost matrices are computed on `device` (default: CUDA when present); the
-    exact assignment runs on the CPU.
+    On a GPU `device` (default: CUDA when present) holds the analysis view and the cost matrices; the
+    exact assignment runs on the CPU. On the CPU the exact value is computed from NumPy arrays.
     """
     check_pair(x, y, patch)
-    target = resolve_device(device)
-    # Resized in float64, so that the value does not depend on the input's precision.
-    pair = analysis_view(torch.stack([x, y]).to(target, torch.float64), size)
-    count = patch_count(pair.shape[-2], pair.shape[-1], patch, stride)
+    target = device_name(None if device is None else str(device))
+    count = patch_count(*analysis_size(x.shape[-2], x.shape[-1], size), patch, stride)
     exact = count <= EXACT_LIMIT if approx is None else not approx
-    if exact:
-        if count * count * 8 > EXACT_MEMORY_BYTES:
-            raise InputError(
-                f"{count} patches per image need a {count}x{count} cost matrix: too large for exact IWD; "
-                "raise --stride, lower --size or use --approx"
-            )
+    if exact and count * count * 8 > EXACT_MEMORY_BYTES:
+        raise InputError(
+            f"{count} patches per image need a {count}x{count} cost matrix: too large for exact IWD; "
+            "raise --stride, lower --size or use --approx"
+        )
+    # Resized in float64, so that the value does not depend on the input's precision.
+    if exact and target == "cpu":
+        pair = analysis_array(np.stack([as_array(x, np.float64), as_array(y, np.float64)]), size)
         return IWDValue(exact_iwd(pair[0], pair[1], patch, stride, threads), True, count)
-    value, bound = estimate_iwd(pair[0], pair[1], patch, stride)
+    import torch
+
+    views = analysis_view(torch.stack([torch.as_tensor(x), torch.as_tensor(y)]).to(target, torch.float64), size)
+    if exact:
+        return IWDValue(exact_iwd(views[0], views[1], patch, stride, threads), True, count)
+    value, bound = estimate_iwd(views[0], views[1], patch, stride)
     return IWDValue(value, False, count, bound)
 
 
@@ -459,6 +527,8 @@ def iwd(
     Exact by default. `approx=True` forces the entropic estimate; `approx=None` uses it only past
     EXACT_LIMIT patches per image, with a warning, since an approximation is never silent.
     """
+    import torch
+
     batch_x, batch_y = (x[None], y[None]) if x.dim() == 3 else (x, y)
     if batch_x.shape != batch_y.shape:
         raise InputError(f"x and y differ in shape: {tuple(x.shape)} and {tuple(y.shape)}")

@@ -17,14 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from iwdctl.costs import cpu_threads
-from iwdctl.distances import L2, SSIM, Linf
+from iwdctl.distances import ssim_values
 from iwdctl.errors import InputError
 from iwdctl.files import write_atomic, write_text_atomic
-from iwdctl.images import is_image_file, load_image
-from iwdctl.iwd import check_pair, iwd_pair
+from iwdctl.images import is_image_file, read_image
+from iwdctl.iwd import check_pair, iwd_pair, resize_array
 from iwdctl.runtime import ProgressCallback, no_progress
 
 ADV_SUFFIX = re.compile(r"_adv\d*$")
@@ -64,7 +64,7 @@ class MeasureSettings:
     size: int = 64
     approx: bool | None = None
     resize: bool = False
-    device: str | None = None  # where analysis views and cost matrices are computed (default: CUDA when present)
+    device: str | None = None  # where IWD's analysis views and cost matrices are computed (default: CUDA when present)
 
 
 def _keyed_images(root: Path) -> dict[str, Path]:
@@ -121,28 +121,23 @@ def pair_images(orig: str | os.PathLike[str], advs: Sequence[str | os.PathLike[s
     return pairing
 
 
-def _resize_like(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.interpolate(
-        image[None], size=reference.shape[-2:], mode="bilinear", antialias=True, align_corners=False
-    )[0].clamp(0, 1)
-
-
 def measure_pair(
-    orig: torch.Tensor, adv: torch.Tensor, settings: MeasureSettings, threads: int = 1
+    orig: np.ndarray, adv: np.ndarray, settings: MeasureSettings, threads: int = 1
 ) -> dict[str, float | bool]:
-    """All metrics of one pair of (3, H, W) images in [0, 1]; `threads` split its cost matrix."""
+    """All metrics of one pair of (3, H, W) images in [0, 1] (NumPy arrays; IWD moves to the settings'
+    device, if a GPU); `threads` split its cost matrix. The distances are those of iwdctl.distances."""
     if settings.resize and adv.shape != orig.shape:
-        adv = _resize_like(adv, orig)
+        adv = resize_array(adv.astype(np.float64), orig.shape[-2:])
     check_pair(orig, adv, settings.patch)
-    x, y = orig[None].double(), adv[None].double()
+    x, y = orig.astype(np.float64), adv.astype(np.float64)
     distance = iwd_pair(
         orig, adv, settings.patch, settings.stride, settings.size, settings.approx, settings.device, threads
     )
     return {
-        "l2": float(L2()(x, y)[0]),
-        "linf": float(Linf()(x, y)[0]),
+        "l2": float(np.sqrt(np.sum((x - y) ** 2))),
+        "linf": float(np.abs(x - y).max()),
         "iwd": distance.value,
-        "ssim": float(SSIM()(x, y)[0]),
+        "ssim": float(ssim_values(x[None], y[None])[0]),
         "iwd_exact": distance.exact,
         "iwd_bound": distance.bound,
     }
@@ -162,7 +157,7 @@ def measure_pairs(
 
     def one(pair: Pair) -> PairResult:
         try:
-            metrics = measure_pair(load_image(pair.orig), load_image(pair.adv), settings, threads)
+            metrics = measure_pair(read_image(pair.orig), read_image(pair.adv), settings, threads)
         except InputError as error:
             raise InputError(f"{pair.adv} vs {pair.orig}: {error}") from error
         return PairResult(str(pair.orig), str(pair.adv), pair.method, **metrics)  # type: ignore[arg-type]

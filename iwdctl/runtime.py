@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import random
+import sys
 from collections.abc import Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from iwdctl.errors import InputError
+
+if TYPE_CHECKING:  # imported where used: `iwdctl measure` on a CPU never loads torch (2 s of start-up)
+    import torch
 
 
 class ProgressCallback(Protocol):
@@ -24,8 +28,21 @@ def no_progress(completed: int, total: int, description: str = "") -> None:
     """Default callback: report nothing."""
 
 
+def device_name(device: str | None = None) -> str:
+    """resolve_device's answer as a string ("cpu", "cuda", "cuda:1"); on Linux without GPU device
+    files (NVIDIA's, or WSL's /dev/dxg) the default is known to be the CPU without importing torch."""
+    no_gpu_here = sys.platform.startswith("linux") and not (
+        glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg")
+    )
+    if device == "cpu" or (device in (None, "auto") and no_gpu_here):
+        return "cpu"
+    return str(resolve_device(device))
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """CUDA when present, else CPU; an explicit choice wins."""
+    import torch
+
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -43,6 +60,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Fix Python's, NumPy's and torch's random state; return a CPU generator seeded the same."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -64,6 +83,8 @@ def distributed_context(device: torch.device | None = None) -> tuple[int, int, t
     On CUDA with a GPU per process, each rank takes GPU LOCAL_RANK and nccl; otherwise (CPU, or more
     processes than GPUs) gloo, and CUDA runs share the device they were given.
     """
+    import torch
+
     device = device or resolve_device(None)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -103,7 +124,9 @@ def frozen(module: torch.nn.Module) -> Iterator[None]:
 def batchnorm_statistics_kept(module: torch.nn.Module) -> Iterator[None]:
     """Inside the block, BatchNorm layers in training mode still normalize by the batch's statistics
     but leave their running statistics as they are (momentum 0); momenta are restored after."""
-    layers = [layer for layer in module.modules() if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm)]
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    layers = [layer for layer in module.modules() if isinstance(layer, _BatchNorm)]
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
         layer.momentum = 0.0

@@ -99,3 +99,17 @@ def test_save_png_rejects_lossy_suffix_and_quantize_matches_file(tmp_path):
     save_png(image, tmp_path / "a.png")
     assert torch.equal(load_image(tmp_path / "a.png"), quantize(image))
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """Finished files are readable as any file this process writes (mkstemp's temporaries are 0600)."""
+    import os
+
+    from iwdctl.files import write_text_atomic
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_text_atomic(tmp_path / "report.json", "{}")
+    save_png(torch.rand(3, 8, 8), tmp_path / "a.png")
+    for name in ("report.json", "a.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask

@@ -14,7 +14,18 @@ from iwdctl import assignment, distances
 from iwdctl.costs import cost_matrix, cost_matrix_torch, row_nearest
 from iwdctl.errors import InputError
 from iwdctl.images import load_image
-from iwdctl.iwd import analysis_size, analysis_view, estimate_iwd, exact_iwd, iwd, iwd_pair, optimal_matching, patches
+from iwdctl.iwd import (
+    analysis_size,
+    analysis_view,
+    estimate_iwd,
+    exact_iwd,
+    iwd,
+    iwd_pair,
+    optimal_matching,
+    patch_array,
+    patches,
+    resize_array,
+)
 
 from .conftest import shared_data
 
@@ -165,11 +176,11 @@ def test_the_sparse_route_certifies_pairs_whose_patches_stay_in_place():
     for kind, (x, y) in perturbed_pairs(photo, 40, seed=5).items():
         if kind not in ("noise", "gaussian", "blur", "jpeg"):
             continue
-        u, v = patches(x, 7, 1), patches(y, 7, 1)
+        u, v = patches(x, 7, 1).numpy(), patches(y, 7, 1).numpy()
         for threads in (1, 2):
-            matching = engine._sparse_optimum(x, y, u, v, 7, threads)
+            matching = engine._sparse_optimum(x.numpy(), y.numpy(), u, v, 7, threads)
             assert matching is not None, kind
-            value = float((u - v[torch.from_numpy(matching)]).abs().mean(dim=1).mean())
+            value = float(np.abs(u - v[matching]).mean(axis=1).mean())
             assert value == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
 
 
@@ -199,11 +210,11 @@ def test_the_sparse_route_refuses_what_it_cannot_certify(monkeypatch, candidates
             0
         ]
         y = (x + 0.1 * torch.randn(x.shape, generator=generator, dtype=torch.float64)).clamp(0, 1)
-        u, v = patches(x, 3, 1), patches(y, 3, 1)
+        u, v = patches(x, 3, 1).numpy(), patches(y, 3, 1).numpy()
         cost = cost_matrix(x, y, 3)
         optimum = cost[linear_sum_assignment(cost)].sum()
         solved.clear()
-        matching = engine._sparse_optimum(x, y, u, v, 3, 1)
+        matching = engine._sparse_optimum(x.numpy(), y.numpy(), u, v, 3, 1)
         suboptimal_first += bool(solved) and cost[np.arange(len(cost)), solved[0]].sum() > optimum * (1 + 1e-9)
         if matching is not None:
             accepted += 1
@@ -307,3 +318,28 @@ def test_ssim_equals_a_direct_windowed_computation():
                     (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
                 )
     assert float(distances.SSIM()(x, y)[0]) == pytest.approx(float(np.mean(values)), rel=1e-12)
+
+
+@pytest.mark.parametrize(("source", "target"), [((299, 299), (64, 64)), ((224, 300), (64, 86)), ((40, 50), (64, 77))])
+def test_the_numpy_resize_equals_torch(source, target):
+    """The CPU path resizes NumPy arrays; it must equal torch's antialiased bilinear interpolation."""
+    generator = torch.Generator().manual_seed(sum(source))
+    images = torch.rand(2, 3, *source, generator=generator, dtype=torch.float64)
+    reference = torch.nn.functional.interpolate(images, size=target, mode="bilinear", antialias=True).clamp(0, 1)
+    np.testing.assert_allclose(resize_array(images.numpy(), target), reference.numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_patch_array_equals_unfold(stride):
+    image = torch.rand(3, 17, 21, generator=torch.Generator().manual_seed(stride), dtype=torch.float64)
+    np.testing.assert_array_equal(patch_array(image.numpy(), 5, stride), patches(image, 5, stride).numpy())
+
+
+def test_numpy_and_tensor_inputs_give_the_same_iwd():
+    photo = load_image(shared_data("nips17", "images", "629138193e021cdf.png"))
+    noisy = (photo + 0.03 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    from_tensors = iwd_pair(photo, noisy, size=40, device="cpu")
+    from_arrays = iwd_pair(photo.numpy(), noisy.numpy(), size=40, device="cpu")
+    assert from_arrays.value == pytest.approx(from_tensors.value, rel=1e-12)
+    view = analysis_view(torch.stack([photo, noisy]).double(), 40)
+    assert from_arrays.value == pytest.approx(pot_iwd(view[0], view[1]), rel=1e-9)

@@ -95,3 +95,24 @@ def test_measure_pairs_api_flags_approximation(tmp_path):
     approx = measure_pairs(pairing.pairs, MeasureSettings(size=0, approx=True))
     assert exact[0].iwd_exact and not approx[0].iwd_exact
     assert abs(approx[0].iwd - exact[0].iwd) < 0.05 * exact[0].iwd
+
+
+def test_measure_on_a_cpu_does_not_import_torch(tmp_path):
+    """`iwdctl measure --device cpu` runs on NumPy arrays: torch's 2 s import is not paid."""
+    import subprocess
+    import sys
+
+    _images(tmp_path, count=2)
+    script = (
+        "import sys, json\n"
+        "from iwdctl.cli import main\n"
+        f"code = main(['measure', {str(tmp_path / 'orig')!r}, {str(tmp_path / 'bright')!r}, '--device', 'cpu',"
+        f" '--json', {str(tmp_path / 'r.json')!r}, '-q'])\n"
+        "print(json.dumps([code, 'torch' in sys.modules]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [0, False]
+    report = json.loads((tmp_path / "r.json").read_text())
+    for pair in report["pairs"]:
+        x, y = load_image(pair["orig"]).double(), load_image(pair["adv"]).double()
+        assert abs(pair["iwd"] - pot_iwd(x, y)) <= 1e-9 * max(pot_iwd(x, y), 1e-12)
