@@ -174,6 +174,9 @@ SPARSE_CANDIDATES = (8, 16)
 # It is tried when the nearest patches of at least this share of x's patches are distinct (patches that
 # stayed in place); moved ones (shifts, rotations) crowd onto the same nearest patches.
 SPARSE_DISTINCT_SHARE = 0.95
+# Past this many patches, the same test on a half-size copy decides first whether the full sweep is
+# worth it (it is 1-2 s at 128 px; the probe a sixteenth of that): moved pairs crowd at both sizes.
+SPARSE_PROBE_PATCHES = 8000
 # Pricing sweeps that may add edges before the sparse route gives up.
 SPARSE_PRICING_ROUNDS = 3
 
@@ -193,6 +196,11 @@ def _sparse_optimum(
     duals, until no entry of the whole matrix violates them.
     """
     count, terms = u.shape
+    if count > SPARSE_PROBE_PATCHES:
+        half = (x.shape[-2] // 2, x.shape[-1] // 2)
+        probe = row_nearest(resize_array(x, half), resize_array(y, half), patch, 1, threads)
+        if probe is not None and len(np.unique(probe[1])) < SPARSE_DISTINCT_SHARE * len(probe[1]):
+            return None
     nearest = row_nearest(x, y, patch, SPARSE_CANDIDATES[-1] + 1, threads)
     if nearest is None or len(np.unique(nearest[1][:, 0])) < SPARSE_DISTINCT_SHARE * count:
         return None

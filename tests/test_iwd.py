@@ -343,3 +343,27 @@ def test_numpy_and_tensor_inputs_give_the_same_iwd():
     assert from_arrays.value == pytest.approx(from_tensors.value, rel=1e-12)
     view = analysis_view(torch.stack([photo, noisy]).double(), 40)
     assert from_arrays.value == pytest.approx(pot_iwd(view[0], view[1]), rel=1e-9)
+
+
+def test_a_half_size_probe_spares_moved_pairs_the_sweep(monkeypatch):
+    """Large problems probe a half-size copy first: a rotated pair is refused after the probe alone,
+    a noisy one still goes the sparse route, and both values stay POT's."""
+    import importlib
+
+    engine = importlib.import_module("iwdctl.iwd")
+    monkeypatch.setattr(engine, "SPARSE_PROBE_PATCHES", 500)
+    sweeps: list[int] = []
+
+    def recording(x, y, patch, count, threads=1, offsets=None):  # type: ignore[no-untyped-def]
+        sweeps.append(count)
+        return row_nearest(x, y, patch, count, threads, offsets)
+
+    monkeypatch.setattr(engine, "row_nearest", recording)
+    pairs = perturbed_pairs(load_image(shared_data("nips17", "images", "c83cfca4bc9dd3c7.png")), 48, seed=2)
+    for kind, sparse in (("noise", True), ("rotation", False)):
+        x, y = (view.numpy() for view in pairs[kind])
+        sweeps.clear()
+        matching = engine._sparse_optimum(x, y, engine.patch_array(x, 7, 1), engine.patch_array(y, 7, 1), 7, 1)
+        assert (matching is not None) == sparse, kind
+        assert sweeps[0] == 1 and (len(sweeps) > 1) == sparse, (kind, sweeps)
+        assert exact_iwd(x, y) == pytest.approx(pot_iwd(*pairs[kind]), rel=1e-9), kind
