@@ -21,6 +21,10 @@ numba (an environment that lacks it) the dense problem goes to SciPy's solver: e
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import numpy as np
 
 try:
@@ -118,30 +122,23 @@ def _auction(cost, eps_start, eps_end, scaling):  # type: ignore[no-untyped-def]
         eps = max(eps_end, eps / scaling)
 
 
-def _tight_edges(cost, prices, assigned):  # type: ignore[no-untyped-def]
-    """The edges whose reduced cost under (u, -prices), u_i = min_j (c_ij + p_j), is at most the gap."""
-    n = cost.shape[0]
-    row_dual = np.empty(n)
-    primal = 0.0
-    for row in range(n):
+def _row_minima(cost, prices, start, stop, out):  # type: ignore[no-untyped-def]
+    """out[row] = min_j (c_ij + p_j) for the rows in [start, stop)."""
+    n = cost.shape[1]
+    for row in range(start, stop):
         values = cost[row]
         smallest = np.inf
         for column in range(n):
             smallest = min(smallest, values[column] + prices[column])
-        row_dual[row] = smallest
-        primal += values[assigned[row]]
-    gap = primal - (row_dual.sum() - prices.sum())
-    # Rounding in the sums above is far below 1e-12 of the gap's scale; the margin only keeps the
-    # auction's own edges (reduced cost <= gap in exact arithmetic) in the graph.
-    limit = gap + 1e-12 * (abs(primal) + 1.0)
-    return edges_below(cost, row_dual, -prices, limit, 0.0)
+        out[row] = smallest
 
 
-def _edges_below(cost, row_duals, column_duals, absolute, relative):  # type: ignore[no-untyped-def]
-    """(rows, columns) of the entries with c_ij - u_i - v_j <= absolute + relative * c_ij, row by row."""
-    n = cost.shape[0]
+def _edges_below(cost, row_duals, column_duals, absolute, relative, start, stop):  # type: ignore[no-untyped-def]
+    """(rows, columns) of the entries with c_ij - u_i - v_j <= absolute + relative * c_ij, for the
+    rows in [start, stop), row by row."""
+    n = cost.shape[1]
     count = 0
-    for row in range(n):
+    for row in range(start, stop):
         values = cost[row]
         for column in range(n):
             if values[column] - row_duals[row] - column_duals[column] <= absolute + relative * values[column]:
@@ -149,7 +146,7 @@ def _edges_below(cost, row_duals, column_duals, absolute, relative):  # type: ig
     rows = np.empty(count, dtype=np.int64)
     columns = np.empty(count, dtype=np.int64)
     index = 0
-    for row in range(n):
+    for row in range(start, stop):
         values = cost[row]
         for column in range(n):
             if values[column] - row_duals[row] - column_duals[column] <= absolute + relative * values[column]:
@@ -278,13 +275,54 @@ def _shortest_paths_finish(count, indptr, indices, costs, column_duals, hint):  
 
 
 auction = _compile(_auction)
-edges_below = _compile(_edges_below)  # before tight_edges, which calls it
-tight_edges = _compile(_tight_edges)
+_row_minima_kernel = _compile(_row_minima)
+_edges_below_kernel = _compile(_edges_below)
 shortest_paths_finish = _compile(_shortest_paths_finish)
 
 
-def min_cost_assignment(cost: np.ndarray) -> np.ndarray:
-    """An exact minimum-cost perfect matching of a square float64 matrix: `columns[row]`."""
+def _in_row_parts(work: Callable[[int, int], Any], rows: int, threads: int) -> list[Any]:
+    """work(start, stop) over `threads` contiguous row ranges at once (the kernels release the GIL)."""
+    if threads <= 1:
+        return [work(0, rows)]
+    bounds = np.linspace(0, rows, threads + 1).astype(np.int64)
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda part: work(int(bounds[part]), int(bounds[part + 1])), range(threads)))
+
+
+def edges_below(
+    cost: np.ndarray,
+    row_duals: np.ndarray,
+    column_duals: np.ndarray,
+    absolute: float,
+    relative: float,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of the entries with c_ij - u_i - v_j <= absolute + relative * c_ij, by row."""
+    parts = _in_row_parts(
+        lambda start, stop: _edges_below_kernel(cost, row_duals, column_duals, absolute, relative, start, stop),
+        len(cost),
+        threads,
+    )
+    return np.concatenate([rows for rows, _ in parts]), np.concatenate([columns for _, columns in parts])
+
+
+def tight_edges(
+    cost: np.ndarray, prices: np.ndarray, assigned: np.ndarray, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The edges whose reduced cost under (u, -prices), u_i = min_j (c_ij + p_j), is at most the gap."""
+    n = len(cost)
+    row_dual = np.empty(n)
+    _in_row_parts(lambda start, stop: _row_minima_kernel(cost, prices, start, stop, row_dual), n, threads)
+    primal = float(np.sum(cost[np.arange(n), assigned], dtype=np.float64))
+    gap = primal - (row_dual.sum() - prices.sum())
+    # Rounding in the sums above is far below 1e-12 of the gap's scale; the margin only keeps the
+    # auction's own edges (reduced cost <= gap in exact arithmetic) in the graph.
+    return edges_below(cost, row_dual, -prices, gap + 1e-12 * (abs(primal) + 1.0), 0.0, threads)
+
+
+def min_cost_assignment(cost: np.ndarray, threads: int = 1) -> np.ndarray:
+    """An exact minimum-cost perfect matching of a square float64 matrix: `columns[row]`. `threads`
+    split the passes over the whole matrix (not the auction, which is sequential)."""
     cost = np.ascontiguousarray(cost, dtype=np.float64)
     n = cost.shape[0]
     if n == 0:
@@ -296,7 +334,7 @@ def min_cost_assignment(cost: np.ndarray) -> np.ndarray:
     top = float(cost.max() - cost.min())
     eps_end = FINAL_TOTAL_GAP / n
     assigned, prices = auction(cost, max(top / START_DIVISOR, eps_end), eps_end, SCALING)
-    rows, columns = tight_edges(cost, prices, assigned)
+    rows, columns = tight_edges(cost, prices, assigned, threads)
     return _finish(n, rows, columns, lambda rows, columns: cost[rows, columns], prices, assigned)
 
 
@@ -314,7 +352,7 @@ FLOAT32_RELATIVE_ERROR = 2.0**-22
 MAX_PRICING_ROUNDS = 20
 
 
-def min_cost_assignment_within(cost: np.ndarray, exact_costs) -> np.ndarray:  # type: ignore[no-untyped-def]
+def min_cost_assignment_within(cost: np.ndarray, exact_costs, threads: int = 1) -> np.ndarray:  # type: ignore[no-untyped-def]
     """An exact minimum-cost perfect matching of a large problem whose matrix is stored in float32.
 
     `cost` holds the costs rounded to float32; `exact_costs(rows, columns)` gives any edges' exact
@@ -328,7 +366,7 @@ def min_cost_assignment_within(cost: np.ndarray, exact_costs) -> np.ndarray:  # 
     top = float(cost.max() - cost.min())
     eps_end = FINAL_TOTAL_GAP / n
     assigned, prices = auction(cost, max(top / START_DIVISOR, eps_end), eps_end, SCALING)
-    rows, columns = tight_edges(cost, prices, assigned)
+    rows, columns = tight_edges(cost, prices, assigned, threads)
     keys = np.unique(np.concatenate([rows * n + columns, np.arange(n) * n + assigned]))
     column_duals, hint = -prices, assigned
     for _ in range(MAX_PRICING_ROUNDS):
@@ -339,7 +377,7 @@ def min_cost_assignment_within(cost: np.ndarray, exact_costs) -> np.ndarray:  # 
         )
         row_duals = exact_costs(np.arange(n), matched) - column_duals[matched]
         # Entries that may violate the duals once their rounding is undone (the tight ones among them).
-        suspects = edges_below(cost, row_duals, column_duals, 0.0, FLOAT32_RELATIVE_ERROR)
+        suspects = edges_below(cost, row_duals, column_duals, 0.0, FLOAT32_RELATIVE_ERROR, threads)
         reduced = exact_costs(*suspects) - row_duals[suspects[0]] - column_duals[suspects[1]]
         violated = reduced < -1e-12 * (top + 1.0)
         if not violated.any():

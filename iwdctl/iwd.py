@@ -304,11 +304,13 @@ def _assignment(
         if not keep_u.all():
             cost = cost[np.ix_(keep_u, keep_v)]
         kept_u, kept_v = u[keep_u], v[keep_v]
-        return min_cost_assignment_within(cost, lambda rows, columns: _pair_costs(kept_u, kept_v, rows, columns))
+        return min_cost_assignment_within(
+            cost, lambda rows, columns: _pair_costs(kept_u, kept_v, rows, columns), threads
+        )
     cost = cost_matrix(x, y, patch, stride, threads)
     if not keep_u.all():
         cost = cost[np.ix_(keep_u, keep_v)]
-    return min_cost_assignment(cost)
+    return min_cost_assignment(cost, threads)
 
 
 def _device_assignment(x: Any, y: Any, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int) -> np.ndarray:

@@ -97,10 +97,12 @@ def test_assignment_is_optimal_on_hard_matrices(seed):
         np.full((n, n), 0.25),
     ]
     for cost in matrices:
-        columns = assignment.min_cost_assignment(cost)
-        assert sorted(columns.tolist()) == list(range(n))
-        rows, expected = linear_sum_assignment(cost)
-        assert cost[np.arange(n), columns].sum() == pytest.approx(cost[rows, expected].sum(), rel=1e-12, abs=1e-12)
+        for threads in (1, 3):  # the passes over the whole matrix split by rows
+            columns = assignment.min_cost_assignment(cost, threads)
+            assert sorted(columns.tolist()) == list(range(n))
+            rows, expected = linear_sum_assignment(cost)
+            optimum = cost[rows, expected].sum()
+            assert cost[np.arange(n), columns].sum() == pytest.approx(optimum, rel=1e-12, abs=1e-12)
 
 
 def test_assignment_without_numba_falls_back_to_scipy(monkeypatch):
