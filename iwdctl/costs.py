@@ -123,7 +123,19 @@ def _diagonal_row_nearest(x, y, k, deltas, offsets, values, columns):  # type: i
                         worst = kept[kept_count - 1]
 
 
+def _listed_costs(u, v, rows, columns, out):  # type: ignore[no-untyped-def]
+    """out[k] = mean |u[rows[k]] - v[columns[k]]|, summed in order."""
+    terms = u.shape[1]
+    for k in range(len(rows)):
+        first, second = u[rows[k]], v[columns[k]]
+        total = 0.0
+        for t in range(terms):
+            total += abs(first[t] - second[t])
+        out[k] = total / terms
+
+
 _kernel = numba.njit(nogil=True, cache=True)(_diagonal_window_sums) if numba is not None else None
+_listed_kernel = numba.njit(nogil=True, cache=True)(_listed_costs) if numba is not None else None
 _nearest_kernel = numba.njit(nogil=True, cache=True)(_diagonal_row_nearest) if numba is not None else None
 
 
@@ -162,6 +174,20 @@ def row_nearest(
     columns = columns.transpose(1, 0, 2).reshape(patches, parts * count)
     order = np.argsort(values, axis=1, kind="stable")[:, :count]
     return np.take_along_axis(values, order, axis=1), np.take_along_axis(columns, order, axis=1)
+
+
+def pair_costs(u: np.ndarray, v: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Exact float64 costs mean |u_i - v_j| of the listed entries (i, j) = (rows[k], columns[k])."""
+    if _listed_kernel is None:
+        chunk = 65536  # bounds the memory of the gathered rows
+        parts = [
+            np.abs(u[rows[at : at + chunk]] - v[columns[at : at + chunk]]).mean(axis=1)
+            for at in range(0, len(rows), chunk)
+        ]
+        return np.concatenate(parts) if parts else np.empty(0)
+    out = np.empty(len(rows))
+    _listed_kernel(u, v, np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(columns, dtype=np.int64), out)
+    return out
 
 
 def cost_matrix_torch(x: torch.Tensor, y: torch.Tensor, patch: int, stride: int = 1) -> torch.Tensor:

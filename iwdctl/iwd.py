@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from iwdctl.assignment import min_cost_assignment, min_cost_assignment_within, shortest_paths_finish
-from iwdctl.costs import as_array, cost_matrix, cost_matrix_torch, row_nearest
+from iwdctl.costs import as_array, cost_matrix, cost_matrix_torch, pair_costs, row_nearest
 from iwdctl.errors import InputError
 from iwdctl.runtime import device_name
 
@@ -140,6 +140,11 @@ def patch_array(image: np.ndarray, patch: int, stride: int) -> np.ndarray:
 def _unshared(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...]:
     """Boolean masks of the patches left once identical patches of u and v are matched to each other,
     and each patch's group of identical patches."""
+    # Identical rows have bit-equal projections (each row summed alike): with no projection of u among
+    # v's, no patch is shared, and the sort below (most of this function's time) is skipped.
+    direction = np.random.default_rng(0).random(u.shape[1])
+    if not np.isin((u * direction).sum(axis=1), (v * direction).sum(axis=1)).any():
+        return np.ones(len(u), dtype=bool), np.ones(len(v), dtype=bool), np.zeros(len(u), int), np.zeros(len(v), int)
     _, groups = np.unique(np.concatenate([u, v]), axis=0, return_inverse=True)
     groups = groups.ravel()
     group_u, group_v = groups[: len(u)], groups[len(u) :]
@@ -159,13 +164,9 @@ def _occurrence(groups: np.ndarray) -> np.ndarray:
     return rank
 
 
-def _pair_costs(u: np.ndarray, v: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """Exact (float64) costs of the listed entries, in chunks that bound the memory."""
-    chunk = 65536
-    parts = [
-        np.abs(u[rows[at : at + chunk]] - v[columns[at : at + chunk]]).mean(axis=1) for at in range(0, len(rows), chunk)
-    ]
-    return np.concatenate(parts) if parts else np.empty(0)
+def _distinct(indices: np.ndarray) -> int:
+    """How many different values a non-negative integer array holds (a count, not a sort)."""
+    return int(np.count_nonzero(np.bincount(indices.ravel()))) if indices.size else 0
 
 
 # The sparse route gives each patch of x its nearest patches of y as candidates: first this many,
@@ -199,10 +200,10 @@ def _sparse_optimum(
     if count > SPARSE_PROBE_PATCHES:
         half = (x.shape[-2] // 2, x.shape[-1] // 2)
         probe = row_nearest(resize_array(x, half), resize_array(y, half), patch, 1, threads)
-        if probe is not None and len(np.unique(probe[1])) < SPARSE_DISTINCT_SHARE * len(probe[1]):
+        if probe is not None and _distinct(probe[1]) < SPARSE_DISTINCT_SHARE * len(probe[1]):
             return None
     nearest = row_nearest(x, y, patch, SPARSE_CANDIDATES[-1] + 1, threads)
-    if nearest is None or len(np.unique(nearest[1][:, 0])) < SPARSE_DISTINCT_SHARE * count:
+    if nearest is None or _distinct(nearest[1][:, 0]) < SPARSE_DISTINCT_SHARE * count:
         return None
     sums, columns = nearest
     # Each float32 window sum adds 3 k^2 terms of at most 1, rounded from float64 inputs: its error is
@@ -210,7 +211,7 @@ def _sparse_optimum(
     margin = 2.0 * terms * terms * 2.0**-24
     for candidates in SPARSE_CANDIDATES:
         graph = columns[:, :candidates]
-        if len(np.unique(graph)) == count:
+        if _distinct(graph) == count:
             break
     else:
         return None  # some column is nobody's candidate: no perfect matching
@@ -219,14 +220,14 @@ def _sparse_optimum(
     bounds = (sums[:, candidates].astype(np.float64) - margin) / terms
     for _ in range(SPARSE_PRICING_ROUNDS + 1):
         rows, graph_columns = keys // count, keys % count
-        costs = _pair_costs(u, v, rows, graph_columns)
+        costs = pair_costs(u, v, rows, graph_columns)
         try:
             matched, column_duals = shortest_paths_finish(
                 count, np.searchsorted(rows, np.arange(count + 1)), graph_columns, costs, column_duals, hint
             )
         except ValueError:  # no perfect matching within the graph
             return None
-        row_duals = _pair_costs(u, v, np.arange(count), matched) - column_duals[matched]
+        row_duals = pair_costs(u, v, np.arange(count), matched) - column_duals[matched]
         # Column duals only fell from 0, so entries outside the first candidates have reduced cost at
         # least b_i - u_i.
         if bool((row_duals <= bounds - 1e-15).all()):
@@ -236,7 +237,7 @@ def _sparse_optimum(
         priced_sums, priced = row_nearest(x, y, patch, SPARSE_CANDIDATES[0] + 1, threads, column_duals * terms)
         error = margin + 2.0**-22 * terms * (float(np.abs(column_duals).max()) + 1.0)
         listed_rows, listed = np.arange(count).repeat(priced.shape[1]), priced.ravel()
-        violated = _pair_costs(u, v, listed_rows, listed) - column_duals[listed] - row_duals[listed_rows] < -1e-13
+        violated = pair_costs(u, v, listed_rows, listed) - column_duals[listed] - row_duals[listed_rows] < -1e-13
         # Rows whose unlisted entries may be violated too: their whole list joins the graph.
         short = row_duals > (priced_sums[:, -1].astype(np.float64) - error) / terms - 1e-15
         if not violated.any() and not short.any():
@@ -305,7 +306,7 @@ def _assignment(
             cost = cost[np.ix_(keep_u, keep_v)]
         kept_u, kept_v = u[keep_u], v[keep_v]
         return min_cost_assignment_within(
-            cost, lambda rows, columns: _pair_costs(kept_u, kept_v, rows, columns), threads
+            cost, lambda rows, columns: pair_costs(kept_u, kept_v, rows, columns), threads
         )
     cost = cost_matrix(x, y, patch, stride, threads)
     if not keep_u.all():

@@ -369,3 +369,26 @@ def test_a_half_size_probe_spares_moved_pairs_the_sweep(monkeypatch):
         assert (matching is not None) == sparse, kind
         assert sweeps[0] == 1 and (len(sweeps) > 1) == sparse, (kind, sweeps)
         assert exact_iwd(x, y) == pytest.approx(pot_iwd(*pairs[kind]), rel=1e-9), kind
+
+
+def test_shared_patches_are_found_and_their_absence_is_quick():
+    import importlib
+
+    engine = importlib.import_module("iwdctl.iwd")
+    x = analysis_view(load_image(shared_data("nips17", "images", "0c7ac4a8c9dfa802.png"))[None].double(), 32)[0]
+    u = patch_array(x.numpy(), 7, 1)
+    rolled = patch_array(torch.roll(x, 3, dims=2).numpy(), 7, 1)
+    keep_u, keep_v, _, _ = engine._unshared(u, rolled)
+    assert 0 < keep_u.sum() < len(u) and keep_u.sum() == keep_v.sum()
+    noisy = patch_array((x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).numpy(), 7, 1)
+    keep_u, keep_v, _, _ = engine._unshared(u, noisy)
+    assert keep_u.all() and keep_v.all()
+
+
+def test_listed_costs_equal_the_definition():
+    from iwdctl.costs import pair_costs
+
+    generator = np.random.default_rng(0)
+    u, v = generator.random((50, 27)), generator.random((40, 27))
+    rows, columns = generator.integers(0, 50, 300), generator.integers(0, 40, 300)
+    np.testing.assert_allclose(pair_costs(u, v, rows, columns), np.abs(u[rows] - v[columns]).mean(axis=1), rtol=1e-14)
