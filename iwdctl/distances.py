@@ -57,8 +57,9 @@ class SSIM:
 def ssim_values(x: Any, y: Any, window: int = 11, sigma: float = 1.5) -> Any:
     """SSIM (see the class) of float64 batches (N, 3, H, W): torch tensors or NumPy arrays alike."""
     size = min(window, *x.shape[-2:])
-    gauss = [math.exp(-((offset - (size - 1) / 2) ** 2) / (2 * sigma**2)) for offset in range(size)]
-    gauss = [weight / math.fsum(gauss) for weight in gauss]
+    weights = [math.exp(-((offset - (size - 1) / 2) ** 2) / (2 * sigma**2)) for offset in range(size)]
+    total = math.fsum(weights)
+    gauss = [weight / total for weight in weights]
 
     def shifted(image: Any, axis: int, offset: int, length: int) -> Any:
         index = [slice(None)] * image.ndim

@@ -367,7 +367,6 @@ class _CostRows:
         return torch.cdist(self.u[start : start + self.block], self.v, p=1).div_(self.u.shape[1])
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
-
         for start in range(0, self.count, self.block):
             rows = self.stored[start : start + self.block] if self.stored is not None else self._compute(start)
             yield start, rows
@@ -406,8 +405,6 @@ def _bracket(cost: _CostRows, f: torch.Tensor, g: torch.Tensor, eps: float) -> t
     lower = float(transformed.double().mean() + g.double().mean())
 
     def plan(start: int, rows: torch.Tensor) -> torch.Tensor:
-        import torch
-
         return torch.exp((f[start : start + len(rows), None] + g[None, :] - rows) / eps) * (target * target)
 
     # Rounding: scale rows down to at most their mass, then columns, then spread the missing mass.

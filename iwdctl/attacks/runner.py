@@ -3,8 +3,9 @@ them by re-reading the files, and write a report. Resumable per image and sharda
 
 The device only attacks and classifies. A DataLoader's worker processes decode and resize the next
 batches, which reach the attack as a stream of images (Attack.stream: attacks that stop early per
-image refill finished rows); a pool of writer threads saves each image's PNGs, re-reads them, measures IWD (numba,
-without the GIL) and writes the image's record while the next batch is attacked. Each image and
+image refill finished rows); a pool of writer threads saves each image's PNGs, re-reads them, measures
+IWD (numba, without the GIL) and writes the image's record: beside the attack when it runs on a GPU,
+in bursts on every core between its batches when it runs on the CPU (see _Writer). Each image and
 sample draws from its own seeded generator and the classifier pads batches to a fixed granule
 (ImageClassifier.batch_invariant), so the output bytes do not depend on the batch size, the number
 of workers or the sharding.
@@ -56,7 +57,8 @@ class AttackSettings:
     batch_size: int = 16
     workers: int = 0  # DataLoader processes that decode and resize
     iwd: str = "exact"  # the report's IWD: exact, approx (entropic estimate) or none
-    writers: int = field(default_factory=lambda: max(1, cpu_threads() - 1))  # save, re-read, measure
+    # Threads that save, re-read and measure beside an attack on a GPU (on a CPU: every core, in bursts).
+    writers: int = field(default_factory=lambda: max(1, cpu_threads() - 1))
 
     def validate(self) -> None:
         if self.iwd not in IWD_MODES:
