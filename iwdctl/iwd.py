@@ -34,7 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from iwdctl.assignment import min_cost_assignment, min_cost_assignment_within, shortest_paths_finish
+from iwdctl.assignment import (
+    min_cost_assignment,
+    min_cost_assignment_within,
+    network_simplex,
+    shortest_paths_finish,
+)
 from iwdctl.costs import as_array, cost_matrix, cost_matrix_torch, pair_costs, row_nearest
 from iwdctl.errors import InputError
 from iwdctl.runtime import device_name
@@ -311,7 +316,22 @@ def _assignment(
     cost = cost_matrix(x, y, patch, stride, threads)
     if not keep_u.all():
         cost = cost[np.ix_(keep_u, keep_v)]
+    if _degenerate(u[keep_u], v[keep_v], cost) and (columns := network_simplex(cost)) is not None:
+        return columns
     return min_cost_assignment(cost, threads)
+
+
+# A problem counts as degenerate when at least this share of the patches lie entirely on one side of
+# their nearest patch (every value >=, or every value <=). Then c(u, v) = |mean(u) - mean(v)| on
+# those pairs: a dark image whose perturbation was clipped at 0 has whole blocks of exactly tied
+# entries (measured: 14-22% on such PGD pairs, at most 5% on other attacks' pairs and on shifts).
+DEGENERATE_SHARE = 0.1
+
+
+def _degenerate(u: np.ndarray, v: np.ndarray, cost: np.ndarray) -> bool:
+    nearest = v[cost.argmin(axis=1)]
+    one_sided = (nearest >= u).all(axis=1) | (nearest <= u).all(axis=1)
+    return bool(one_sided.mean() >= DEGENERATE_SHARE)
 
 
 def _device_assignment(x: Any, y: Any, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int) -> np.ndarray:

@@ -392,3 +392,39 @@ def test_listed_costs_equal_the_definition():
     u, v = generator.random((50, 27)), generator.random((40, 27))
     rows, columns = generator.integers(0, 50, 300), generator.integers(0, 40, 300)
     np.testing.assert_allclose(pair_costs(u, v, rows, columns), np.abs(u[rows] - v[columns]).mean(axis=1), rtol=1e-14)
+
+
+def test_degenerate_pairs_go_to_the_network_simplex(monkeypatch):
+    """A dark photo against its noisy copy (noise clipped at 0) has blocks of exactly tied entries
+    where the auction and the shortest-path searches crawl (128 s for one 64 x 64 pair): such pairs
+    are recognised and solved by the network simplex, and the value stays POT's. Other pairs are not
+    recognised as degenerate."""
+    import importlib
+
+    engine = importlib.import_module("iwdctl.iwd")
+    calls: list[int] = []
+
+    def recording(cost):  # type: ignore[no-untyped-def]
+        calls.append(len(cost))
+        return assignment.network_simplex(cost)
+
+    monkeypatch.setattr(engine, "network_simplex", recording)
+    dark = perturbed_pairs(load_image(shared_data("nips17", "images", "65c1808390bd18c5.png")), 40, seed=3)
+    for kind in ("noise", "gaussian"):
+        x, y = dark[kind]
+        calls.clear()
+        assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
+        assert calls, kind
+    for kind, (x, y) in perturbed_pairs(
+        load_image(shared_data("nips17", "images", "c83cfca4bc9dd3c7.png")), 40, 3
+    ).items():
+        u, v = patch_array(x.numpy(), 7, 1), patch_array(y.numpy(), 7, 1)
+        assert not engine._degenerate(u, v, cost_matrix(x.numpy(), y.numpy(), 7, 1)), kind
+
+
+def test_the_network_simplex_is_an_optimal_matching():
+    cost = np.random.default_rng(4).random((300, 300))
+    columns = assignment.network_simplex(cost)
+    assert columns is not None and sorted(columns) == list(range(300))
+    rows, best = linear_sum_assignment(cost)
+    assert cost[np.arange(300), columns].sum() == pytest.approx(cost[rows, best].sum(), rel=1e-12)
