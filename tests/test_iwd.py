@@ -428,3 +428,22 @@ def test_the_network_simplex_is_an_optimal_matching():
     assert columns is not None and sorted(columns) == list(range(300))
     rows, best = linear_sum_assignment(cost)
     assert cost[np.arange(300), columns].sum() == pytest.approx(cost[rows, best].sum(), rel=1e-12)
+
+
+def test_a_dense_tight_graph_goes_to_the_network_simplex(monkeypatch):
+    """Where the auction leaves more tight edges per row than the searches handle well, the whole
+    matrix goes to the network simplex; the matching stays optimal."""
+    calls: list[int] = []
+    simplex = assignment.network_simplex
+
+    def recording(cost):  # type: ignore[no-untyped-def]
+        calls.append(len(cost))
+        return simplex(cost)
+
+    monkeypatch.setattr(assignment, "network_simplex", recording)
+    monkeypatch.setattr(assignment, "SIMPLEX_EDGES_PER_ROW", 0)
+    cost = np.random.default_rng(5).random((200, 200))
+    columns = assignment.min_cost_assignment(cost)
+    rows, best = linear_sum_assignment(cost)
+    assert calls == [200]
+    assert cost[np.arange(200), columns].sum() == pytest.approx(cost[rows, best].sum(), rel=1e-12)
