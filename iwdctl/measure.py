@@ -25,7 +25,7 @@ from iwdctl.errors import InputError
 from iwdctl.files import write_atomic, write_text_atomic
 from iwdctl.images import is_image_file, read_image
 from iwdctl.iwd import check_pair, iwd_pair, resize_array
-from iwdctl.runtime import ProgressCallback, no_progress
+from iwdctl.runtime import ProgressCallback, no_progress, single_threaded_blas
 
 ADV_SUFFIX = re.compile(r"_adv\d*$")
 METRICS = ("l2", "linf", "iwd", "ssim")
@@ -164,7 +164,7 @@ def measure_pairs(
 
     results: list[PairResult] = []
     progress(0, len(pairs), "measure")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with single_threaded_blas(), ThreadPoolExecutor(max_workers=workers) as pool:
         for result in pool.map(one, pairs):
             results.append(result)
             progress(len(results), len(pairs), "measure")

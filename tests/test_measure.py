@@ -116,3 +116,30 @@ def test_measure_on_a_cpu_does_not_import_torch(tmp_path):
     for pair in report["pairs"]:
         x, y = load_image(pair["orig"]).double(), load_image(pair["adv"]).double()
         assert abs(pair["iwd"] - pot_iwd(x, y)) <= 1e-9 * max(pot_iwd(x, y), 1e-12)
+
+
+def test_measure_keeps_numpy_blas_on_one_thread(tmp_path, monkeypatch):
+    """Pairs run in threads; NumPy's BLAS threads would compete with them, so inside measure_pairs
+    BLAS runs on one thread, and its setting is restored afterwards."""
+    import importlib
+
+    from threadpoolctl import threadpool_info
+
+    engine = importlib.import_module("iwdctl.measure")
+
+    def blas_threads() -> list[int]:
+        return [entry["num_threads"] for entry in threadpool_info() if entry["user_api"] == "blas"]
+
+    before = blas_threads()
+    seen: list[list[int]] = []
+    measure_pair = engine.measure_pair
+
+    def recording(*arguments, **keywords):  # type: ignore[no-untyped-def]
+        seen.append(blas_threads())
+        return measure_pair(*arguments, **keywords)
+
+    monkeypatch.setattr(engine, "measure_pair", recording)
+    _images(tmp_path, count=2)
+    measure_pairs(pair_images(tmp_path / "orig", [tmp_path / "flip"]).pairs, MeasureSettings(size=0))
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    assert blas_threads() == before

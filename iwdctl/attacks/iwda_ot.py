@@ -11,6 +11,7 @@ from iwdctl.attacks.patch_attack import PatchDistributionAttack
 from iwdctl.costs import cpu_threads
 from iwdctl.iwd import analysis_view, optimal_matching
 from iwdctl.models import ImageClassifier
+from iwdctl.runtime import single_threaded_blas
 
 
 @dataclass
@@ -77,7 +78,7 @@ class IWDAOT(PatchDistributionAttack):
             def match(position: int) -> torch.Tensor:
                 return torch.from_numpy(optimal_matching(views[position], states[due[position]].view, self.patch))
 
-            with ThreadPoolExecutor(min(cpu_threads(), len(due))) as pool:
+            with single_threaded_blas(), ThreadPoolExecutor(min(cpu_threads(), len(due))) as pool:
                 matchings = list(pool.map(match, range(len(due))))
             for index, matching in zip(due, matchings):
                 states[index].targets = states[index].patches[matching.to(candidate.device)]

@@ -41,7 +41,7 @@ from iwdctl.files import write_atomic, write_json_atomic, write_text_atomic
 from iwdctl.images import load_image, preprocess, save_png, to_uint8
 from iwdctl.iwd import iwd_pair
 from iwdctl.models import ImageClassifier
-from iwdctl.runtime import ProgressCallback, no_progress
+from iwdctl.runtime import ProgressCallback, no_progress, single_threaded_blas
 
 RECORDS = ".records"
 IWD_MODES = ("exact", "approx", "none")
@@ -304,20 +304,22 @@ def run_attack(
             )
         progress(len(done) + writer.submitted, len(mine), "attack")
 
-    try:
-        # Images leave the attack as they finish (an attack that stops early refills their rows), and
-        # are judged in groups of a batch; the classifier is batch-invariant, so grouping changes nothing.
-        group: list[tuple[ImageJob, torch.Tensor]] = []
-        start = time.perf_counter()
-        for job, samples in attack.stream(jobs(), settings.batch_size):
-            group.append((job, samples))
-            if len(group) == settings.batch_size:
+    # NumPy's BLAS stays on one thread while the writers (and IWDA-OT's matchings) run in threads.
+    with single_threaded_blas():
+        try:
+            # Images leave the attack as they finish (an attack that stops early refills their rows), and
+            # are judged in groups of a batch; the classifier is batch-invariant, so grouping changes nothing.
+            group: list[tuple[ImageJob, torch.Tensor]] = []
+            start = time.perf_counter()
+            for job, samples in attack.stream(jobs(), settings.batch_size):
+                group.append((job, samples))
+                if len(group) == settings.batch_size:
+                    finish(group, time.perf_counter() - start)
+                    group, start = [], time.perf_counter()
+            if group:
                 finish(group, time.perf_counter() - start)
-                group, start = [], time.perf_counter()
-        if group:
-            finish(group, time.perf_counter() - start)
-    finally:
-        records = writer.close()
+        finally:
+            records = writer.close()
     done.update((record["key"], record) for record in records)
     progress(len(mine), len(mine), "attack")
     return [done[sample.key] for sample in mine]
