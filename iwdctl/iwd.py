@@ -299,7 +299,7 @@ def _assignment(
 ) -> np.ndarray:
     """The optimal assignment of the kept patches of x to the kept patches of y (indices among them)."""
     if _on_accelerator(x):
-        return _device_assignment(x, y, keep_u, keep_v, patch, stride)
+        return _device_assignment(x, y, u[keep_u], v[keep_v], keep_u, keep_v, patch, stride)
     if keep_u.all() and stride == 1 and len(u) > SPARSE_CANDIDATES[-1]:
         columns = _sparse_optimum(x, y, u, v, patch, threads)
         if columns is not None:
@@ -317,7 +317,13 @@ def _assignment(
     cost = cost_matrix(x, y, patch, stride, threads)
     if not keep_u.all():
         cost = cost[np.ix_(keep_u, keep_v)]
-    if _degenerate(u[keep_u], v[keep_v], cost) and (columns := network_simplex(cost)) is not None:
+    return _dense_assignment(cost, u[keep_u], v[keep_v], threads)
+
+
+def _dense_assignment(cost: np.ndarray, u: np.ndarray, v: np.ndarray, threads: int = 1) -> np.ndarray:
+    """The optimal assignment of a dense float64 matrix of the patches u to v: degenerate problems by
+    the network simplex, the others by the auction (iwdctl.assignment)."""
+    if _degenerate(u, v, cost) and (columns := network_simplex(cost)) is not None:
         return columns
     return min_cost_assignment(cost, threads)
 
@@ -335,10 +341,12 @@ def _degenerate(u: np.ndarray, v: np.ndarray, cost: np.ndarray) -> bool:
     return bool(one_sided.mean() >= DEGENERATE_SHARE)
 
 
-def _device_assignment(x: Any, y: Any, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int) -> np.ndarray:
+def _device_assignment(
+    x: Any, y: Any, u: np.ndarray, v: np.ndarray, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int
+) -> np.ndarray:
     """_assignment with the float64 cost matrix built by torch on x's device (a GPU): if its row minima
     fall in distinct columns they are the optimum (the dual v = 0 certifies it); otherwise the matrix
-    goes to the CPU solver."""
+    goes to the CPU solver. u and v are the kept patches."""
     import torch
 
     x, y = torch.as_tensor(x), torch.as_tensor(y)
@@ -348,7 +356,7 @@ def _device_assignment(x: Any, y: Any, keep_u: np.ndarray, keep_v: np.ndarray, p
     nearest = matrix.argmin(dim=1)
     if len(torch.unique(nearest)) == len(nearest):
         return nearest.cpu().numpy()
-    return min_cost_assignment(matrix.cpu().numpy())
+    return _dense_assignment(matrix.cpu().numpy(), u, v)
 
 
 def exact_iwd(x: Any, y: Any, patch: int = 7, stride: int = 1, threads: int = 1) -> float:

@@ -148,7 +148,9 @@ def test_the_device_route_matches_pot(monkeypatch):
 
     photo = load_image(shared_data("nips17", "images", "629138193e021cdf.png"))
     monkeypatch.setattr(
-        engine, "_assignment", lambda x, y, u, v, ku, kv, p, s, t: engine._device_assignment(x, y, ku, kv, p, s)
+        engine,
+        "_assignment",
+        lambda x, y, u, v, ku, kv, p, s, t: engine._device_assignment(x, y, u[ku], v[kv], ku, kv, p, s),
     )
     for kind, (x, y) in perturbed_pairs(photo, 30, seed=9).items():
         assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
