@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from dataclasses import replace
@@ -213,6 +214,10 @@ def measure_command(
     from iwdctl.runtime import device_name
 
     settings = MeasureSettings(patch, stride, size, True if approx else None, resize, device_name(device))
+    if settings.device == "cpu":
+        # POT (the solver of degenerate pairs) would import torch (2 s) only to register a backend;
+        # this process passes it NumPy arrays alone.
+        os.environ.setdefault("POT_BACKEND_DISABLE_PYTORCH", "1")
     pairing = pair_images(orig, adv, strict)
     with progress_bar(quiet, unit="pairs") as progress:
         results = measure_pairs(pairing.pairs, settings, progress, workers)

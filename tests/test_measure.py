@@ -7,8 +7,10 @@ import torch
 
 from iwdctl.cli import main
 from iwdctl.images import load_image, save_png
+from iwdctl.iwd import analysis_view
 from iwdctl.measure import MeasureSettings, measure_pairs, pair_images
 
+from .conftest import shared_data
 from .test_iwd import pot_iwd
 
 
@@ -98,23 +100,28 @@ def test_measure_pairs_api_flags_approximation(tmp_path):
 
 
 def test_measure_on_a_cpu_does_not_import_torch(tmp_path):
-    """`iwdctl measure --device cpu` runs on NumPy arrays: torch's 2 s import is not paid."""
+    """`iwdctl measure --device cpu` runs on NumPy arrays: torch's 2 s import is not paid, not even
+    when a degenerate pair (a dark image brightened, as clipped noise does) needs POT's simplex."""
     import subprocess
     import sys
 
     _images(tmp_path, count=2)
+    dark = load_image(shared_data("nips17", "images", "65c1808390bd18c5.png"))
+    sign = torch.randint(0, 2, dark.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    save_png(dark, tmp_path / "orig" / "dark.png")
+    save_png(dark + sign * 8 / 255, tmp_path / "bright" / "dark_adv0.png")
     script = (
         "import sys, json\n"
         "from iwdctl.cli import main\n"
         f"code = main(['measure', {str(tmp_path / 'orig')!r}, {str(tmp_path / 'bright')!r}, '--device', 'cpu',"
-        f" '--json', {str(tmp_path / 'r.json')!r}, '-q'])\n"
-        "print(json.dumps([code, 'torch' in sys.modules]))\n"
+        f" '--size', '40', '--json', {str(tmp_path / 'r.json')!r}, '-q'])\n"
+        "print(json.dumps([code, 'torch' in sys.modules, 'ot' in sys.modules]))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == [0, False]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [0, False, True]
     report = json.loads((tmp_path / "r.json").read_text())
     for pair in report["pairs"]:
-        x, y = load_image(pair["orig"]).double(), load_image(pair["adv"]).double()
+        x, y = analysis_view(torch.stack([load_image(pair["orig"]), load_image(pair["adv"])]).double(), 40)
         assert abs(pair["iwd"] - pot_iwd(x, y)) <= 1e-9 * max(pot_iwd(x, y), 1e-12)
 
 
