@@ -261,3 +261,49 @@ def test_iwda_fast_fools_every_loader_view(tiny_model, tiny_batch):
         fooled = [(logits.argmax(1) != labels) for logits in viewed.view_logits(adversarial)]
     both = (fooled[0] & fooled[1]).float().mean().item()
     assert both >= 0.75, both
+
+
+def test_sorted_rows_match_torch_sort_and_its_gradient():
+    from iwdctl.patchloss import sorted_rows
+
+    values = torch.randn(3, 5, 400, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    weights = torch.randn(3, 5, 400, dtype=torch.float64)
+    ours = values.clone().requires_grad_(True)
+    reference = values.clone().requires_grad_(True)
+    (ours_sorted, reference_sorted) = sorted_rows(ours), reference.sort(dim=-1).values
+    assert torch.equal(ours_sorted, reference_sorted)
+    assert torch.equal(sorted_rows(values), reference_sorted.detach())
+    (ours_gradient,) = torch.autograd.grad((weights * ours_sorted).sum(), ours)
+    (reference_gradient,) = torch.autograd.grad((weights * reference_sorted).sum(), reference)
+    assert torch.equal(ours_gradient, reference_gradient)
+
+
+def test_loader_view_margin_differentiates_the_smallest_view(tiny_model, tiny_batch):
+    """The margin over loader views is the minimum over views, and its gradient is the one of the
+    minimum taken over every view's full graph (only the smallest view is run with a graph)."""
+    from iwdctl.models import ImageClassifier, LoaderView
+
+    images, labels = tiny_batch
+    viewed = ImageClassifier(
+        tiny_model.network,
+        arch=tiny_model.arch,
+        class_names=tiny_model.class_names,
+        input_size=32,
+        mean=tiny_model.mean,
+        std=tiny_model.std,
+        loader_views=(LoaderView((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), resize=36), LoaderView((0.4,) * 3, (0.3,) * 3)),
+    ).eval()
+    attack = make_attack("iwda-fast", viewed)
+    criterion = Misclassification(labels)
+    candidate = (images + 0.05 * torch.randn(images.shape, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
+    ours = candidate.clone().requires_grad_(True)
+    reference = candidate.clone().requires_grad_(True)
+    with attack.attacking():
+        margin = attack._margin(ours, criterion)
+        expected = torch.stack([criterion.margin(logits) for logits in viewed.view_logits(reference)]).amin(dim=0)
+        (gradient,) = torch.autograd.grad(margin.sum(), ours)
+        (expected_gradient,) = torch.autograd.grad(expected.sum(), reference)
+    smallest = torch.stack([criterion.margin(logits) for logits in viewed.view_logits(candidate)]).argmin(dim=0)
+    assert len(set(smallest.tolist())) > 1  # rows differ in which view is the smallest
+    torch.testing.assert_close(margin, expected)
+    torch.testing.assert_close(gradient, expected_gradient)

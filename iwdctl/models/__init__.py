@@ -112,9 +112,18 @@ class ImageClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self._network((images - self._mean) / self._std)
 
+    def view_inputs(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The network's inputs under this classifier's own preprocessing, then under each loader view."""
+        own = (images - self._mean) / self._std
+        return [own] + [view.apply(images, self.input_size) for view in self.loader_views]
+
+    def network_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits of inputs already preprocessed (one of `view_inputs`, or a row-wise mix of them)."""
+        return self._network(inputs)
+
     def view_logits(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Logits of this classifier's own preprocessing, then of each loader view."""
-        return [self(images)] + [self._network(view.apply(images, self.input_size)) for view in self.loader_views]
+        return [self._network(inputs) for inputs in self.view_inputs(images)]
 
     def batch_invariant(self, granule: int = BATCH_GRANULE) -> ImageClassifier:
         """The same network (shared, not copied) with batches padded to multiples of `granule`."""
