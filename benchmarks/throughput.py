@@ -6,7 +6,9 @@ row is a whole process, start-up, decoding and resizing included:
 - torchattacks: a script that loads the model and the images (Pillow, the same resize and crop) and
   runs `torchattacks.PGD(eps=8/255, alpha=2/255, steps=10)` batch by batch; it saves nothing. The
   reference row runs the network in NCHW, as the weights package builds it; `torchattacks-nhwc`
-  (on request) runs it on iwdctl's classifier, which keeps its network in NHWC (channels_last).
+  (on request) runs it on iwdctl's classifier, which keeps its network in NHWC (channels_last) and in
+  eval mode runs it with each BatchNorm folded into its convolution: what torchattacks would gain from
+  iwdctl's model alone.
 - `iwdctl attack --method pgd` with the report's IWD `none`, then `exact`: it also predicts before and
   after, saves and re-reads every PNG, and writes records, the report and the contact sheet.
 - `iwdctl attack --method iwda-fast` (the loader-view-checked small-IWD perturbation), and on request
@@ -128,7 +130,7 @@ def main() -> None:
         }
         names = {
             "torchattacks": "torchattacks PGD-10 (attack only, whole process; NCHW network)",
-            "torchattacks-nhwc": "torchattacks PGD-10 on iwdctl's classifier (NHWC)",
+            "torchattacks-nhwc": "torchattacks PGD-10 on iwdctl's classifier (NHWC, BatchNorm folded)",
             "none": "`iwdctl attack --method pgd --iwd none`",
             "exact": "`iwdctl attack --method pgd --iwd exact`",
             "iwda-fast": "`iwdctl attack --method iwda-fast`",

@@ -45,6 +45,29 @@ def test_lite0_classifies_real_photos(lite0):
     assert accuracy >= 0.7, accuracy
 
 
+def test_lite0_runs_a_folded_copy_in_eval_mode_that_follows_the_weights():
+    """In eval mode lite0 runs with each BatchNorm folded into its convolution: the same logits and
+    input gradients as the network itself; the copy is rebuilt when the weights change, and train
+    mode runs the network itself."""
+    model = load_classifier("efficientnet_lite0", device="cpu").eval()
+    images = torch.rand(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    ours, reference = images.clone().requires_grad_(True), images.clone().requires_grad_(True)
+    logits = model(ours)
+    network = model.network.eval()
+    expected = network(((reference - 0.5) / 0.5).contiguous(memory_format=torch.channels_last))
+    assert model._folded is not None and model._folded[1] is not network
+    torch.testing.assert_close(logits, expected, atol=2e-4, rtol=1e-4)
+    (gradient,) = torch.autograd.grad(logits[:, 0].sum(), ours)
+    (expected_gradient,) = torch.autograd.grad(expected[:, 0].sum(), reference)
+    # Rounding moves a few activations across ReLU6's kinks, so compare the gradients as a whole.
+    assert (gradient - expected_gradient).norm() <= 1e-2 * expected_gradient.norm()
+    with torch.no_grad():
+        network.classifier.bias.add_(1.0)  # the folded copy must follow the weights
+        torch.testing.assert_close(model(images), logits.detach() + 1.0, atol=2e-4, rtol=1e-4)
+        model.train()
+        assert model._eval_network() is network
+
+
 def test_lite0_carries_its_metadata(lite0):
     assert lite0.input_size == 224 and lite0.num_classes == 1000
     assert lite0.class_names[425] == "barn" and lite0.wnids[425] == "n02793495"
