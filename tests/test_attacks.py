@@ -242,19 +242,26 @@ def test_critic_scores_see_a_global_colour_shift():
     assert (real_scores.mean() - fake_scores.mean()).abs() > 1e-3
 
 
+def _with_loader_views(model, *views):  # type: ignore[no-untyped-def]
+    """The tiny model's network behind its own preprocessing and the given loader views."""
+    from iwdctl.models import ImageClassifier
+
+    return ImageClassifier(
+        model.network,
+        arch=model.arch,
+        class_names=model.class_names,
+        input_size=32,
+        mean=model.mean,
+        std=model.std,
+        loader_views=views,
+    ).eval()
+
+
 def test_iwda_fast_fools_every_loader_view(tiny_model, tiny_batch):
-    from iwdctl.models import ImageClassifier, LoaderView
+    from iwdctl.models import LoaderView
 
     images, labels = tiny_batch
-    viewed = ImageClassifier(
-        tiny_model.network,
-        arch=tiny_model.arch,
-        class_names=tiny_model.class_names,
-        input_size=32,
-        mean=tiny_model.mean,
-        std=tiny_model.std,
-        loader_views=(LoaderView((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), resize=36),),
-    ).eval()
+    viewed = _with_loader_views(tiny_model, LoaderView((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), resize=36))
     attack = make_attack("iwda-fast", viewed, steps=100, lr=1 / 255)
     adversarial = attack(images, Misclassification(labels), list(range(len(images))))
     with torch.no_grad():
@@ -281,18 +288,12 @@ def test_sorted_rows_match_torch_sort_and_its_gradient():
 def test_loader_view_margin_differentiates_the_smallest_view(tiny_model, tiny_batch):
     """The margin over loader views is the minimum over views, and its gradient is the one of the
     minimum taken over every view's full graph (only the smallest view is run with a graph)."""
-    from iwdctl.models import ImageClassifier, LoaderView
+    from iwdctl.models import LoaderView
 
     images, labels = tiny_batch
-    viewed = ImageClassifier(
-        tiny_model.network,
-        arch=tiny_model.arch,
-        class_names=tiny_model.class_names,
-        input_size=32,
-        mean=tiny_model.mean,
-        std=tiny_model.std,
-        loader_views=(LoaderView((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), resize=36), LoaderView((0.4,) * 3, (0.3,) * 3)),
-    ).eval()
+    viewed = _with_loader_views(
+        tiny_model, LoaderView((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), resize=36), LoaderView((0.4,) * 3, (0.3,) * 3)
+    )
     attack = make_attack("iwda-fast", viewed)
     criterion = Misclassification(labels)
     candidate = (images + 0.05 * torch.randn(images.shape, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
