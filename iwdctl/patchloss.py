@@ -15,7 +15,7 @@ def patch_sets(images: torch.Tensor, patch: int, stride: int = 1) -> torch.Tenso
 def sorted_rows(values: torch.Tensor) -> torch.Tensor:
     """`values` sorted along the last axis, differentiable. On the CPU NumPy's vectorised sort finds
     the order (measured on (1024, 3025) floats: values 10x, the order 3x faster than torch.sort)."""
-    if values.device.type != "cpu":
+    if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
         return values.sort(dim=-1).values
     array = values.detach().numpy()
     if not values.requires_grad:

@@ -112,7 +112,7 @@ _FOLDABLE = {
 @torch.no_grad()
 def fold_batch_norms(network: nn.Module) -> nn.Module:
     """A frozen copy of the network for eval mode with every BatchNorm folded into the convolution
-    before it: the same function (logits within 2e-5), 1.6-1.9x faster on 2 CPU cores, forward and
+    before it: the same function (logits within 2.5e-5), 1.5-1.9x faster on 2 CPU cores, forward and
     input gradient, since each BatchNorm pass over the activations disappears."""
     folded = copy.deepcopy(network).eval().requires_grad_(False)
     for module in folded.modules():
