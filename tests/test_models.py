@@ -56,6 +56,7 @@ def test_lite0_runs_a_folded_copy_in_eval_mode_that_follows_the_weights():
     network = model.network.eval()
     expected = network(((reference - 0.5) / 0.5).contiguous(memory_format=torch.channels_last))
     assert model._folded is not None and model._folded[1] is not network
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in model._folded[1].modules())
     torch.testing.assert_close(logits, expected, atol=2e-4, rtol=1e-4)
     (gradient,) = torch.autograd.grad(logits[:, 0].sum(), ours)
     (expected_gradient,) = torch.autograd.grad(expected[:, 0].sum(), reference)
@@ -66,6 +67,29 @@ def test_lite0_runs_a_folded_copy_in_eval_mode_that_follows_the_weights():
         torch.testing.assert_close(model(images), logits.detach() + 1.0, atol=2e-4, rtol=1e-4)
         model.train()
         assert model._eval_network() is network
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "inception_v3"])
+def test_torchvision_networks_fold_every_batch_norm(name):
+    """The registry's torchvision networks lose every BatchNorm to folding and keep their function
+    (random weights and running statistics, so that folding has something to do)."""
+    from iwdctl.models.fold import fold_batch_norms
+
+    generator = torch.Generator().manual_seed(0)
+    network = ARCHITECTURES[name].build(1000).eval()
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    folded = fold_batch_norms(network)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
+    assert any(isinstance(module, torch.nn.BatchNorm2d) for module in network.modules())  # a copy
+    if name == "resnet18":
+        images = torch.rand(2, 3, 64, 64, generator=generator)
+        with torch.no_grad():
+            expected = network(images)
+            torch.testing.assert_close(folded(images), expected, atol=1e-4 * expected.abs().max().item(), rtol=1e-4)
 
 
 def test_lite0_carries_its_metadata(lite0):

@@ -23,6 +23,7 @@ from torch import nn
 from iwdctl.classes import ClassIndex, imagenet_class_names, imagenet_wnids
 from iwdctl.errors import ModelError
 from iwdctl.files import write_atomic
+from iwdctl.models.fold import fold_batch_norms
 from iwdctl.runtime import resolve_device
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -244,7 +245,7 @@ def _load_lite0(weights: str | None) -> ImageClassifier:
         # 256 and crop 224), or only its mean/std, feed it differently; an adversarial PNG should fool
         # those readers too.
         loader_views=(LoaderView(IMAGENET_MEAN, IMAGENET_STD, resize=256), LoaderView(IMAGENET_MEAN, IMAGENET_STD)),
-        fold=lite0.fold_batch_norms,
+        fold=fold_batch_norms,
     )
 
 
@@ -269,6 +270,7 @@ def _load_torchvision(name: str, input_size: int, crop_pct: float) -> Callable[[
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             metadata={"dataset": "imagenet-1k", "weights": str(path)},
+            fold=fold_batch_norms,
         )
 
     return load
