@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from iwdctl.attacks.patch_attack import PatchDistributionAttack
+from iwdctl.attacks.patch_attack import PatchDistributionAttack, RowSpec
 from iwdctl.costs import cpu_threads
+from iwdctl.errors import InputError
 from iwdctl.iwd import analysis_view, optimal_matching
 from iwdctl.models import ImageClassifier
+from iwdctl.rearrange import rearrange
 from iwdctl.runtime import single_threaded_blas
 
 
@@ -34,12 +36,17 @@ class IWDAOT(PatchDistributionAttack):
     the patches of x~ to those of x is computed exactly (iwdctl.iwd.optimal_matching, on the CPU, one
     thread per image) every `rematch` steps, and between matchings the loss is
     (1/N) sum_i c(u~_i, u_sigma(i)), an upper bound of IWD equal to it at each matching, whose gradient
-    is IWD's (sub)gradient there (envelope theorem). Loop, stopping rule and diverse starts are
-    PatchDistributionAttack's: sample 0 starts from x, further samples from x shifted by up to
-    `shift` pixels; tau doubles every 50 steps while an image is not adversarial, so robust models
-    are fooled too.
+    is IWD's (sub)gradient there (envelope theorem).
+
+    Every sample starts from x re-arranged (iwdctl.rearrange): a band between two seams moved by one
+    pixel of the analysis view, the move of least exact IWD among `moves` drawn from the sample's own
+    generator. So x~ moves content (the paper's far-in-l2 character: l2 several times PGD's at 8/255)
+    while its patches stay x's, and K samples are K different re-arrangements. `moves` = 0 starts
+    sample 0 from x itself (a small perturbation) and further samples from x shifted by up to `shift`
+    pixels. Loop and stopping rule are PatchDistributionAttack's; tau doubles every 50 steps while an
+    image is not adversarial, so robust models are fooled too.
     Defaults: tau = 0.1, kappa = 1.0, steps = 500, lr = 0.5/255, patch = 7, size = 64, rematch = 10,
-    shift = 6, escalate = 2 every 50 steps, loader_views = True.
+    shift = 6, escalate = 2 every 50 steps, loader_views = True, moves = 4.
     """
 
     name = "iwda-ot"
@@ -58,9 +65,18 @@ class IWDAOT(PatchDistributionAttack):
         escalate: float = 2.0,
         escalate_every: int = 50,
         loader_views: bool = True,
+        moves: int = 4,
     ) -> None:
         super().__init__(model, tau, kappa, steps, lr, patch, shift, escalate, escalate_every, loader_views)
-        self.size, self.rematch = size, rematch
+        if moves < 0:
+            raise InputError(f"moves must be at least 0, not {moves}")
+        self.size, self.rematch, self.moves = size, rematch, moves
+
+    def starts(self, specs: Sequence[RowSpec]) -> torch.Tensor:
+        if not self.moves:
+            return super().starts(specs)
+        images = torch.stack([spec.image for spec in specs])
+        return rearrange(images, [spec.generator for spec in specs], self.size, self.patch, self.moves)
 
     def _patches(self, images: torch.Tensor) -> torch.Tensor:
         """(N, P, 3 k^2): the patches of each image's analysis view."""

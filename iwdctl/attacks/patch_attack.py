@@ -21,7 +21,7 @@ ADAM_EPS = 1e-8
 
 
 @dataclass
-class _RowSpec:
+class RowSpec:
     """One optimization to run: an image, its start (shifted or not) and its own generator."""
 
     tag: Hashable
@@ -91,7 +91,7 @@ class PatchDistributionAttack(Attack):
 
     def forward(self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]) -> torch.Tensor:
         specs = [
-            _RowSpec(index, images[index], criterion.select(slice(index, index + 1)), generator, False)
+            RowSpec(index, images[index], criterion.select(slice(index, index + 1)), generator, False)
             for index, generator in enumerate(generators)
         ]
         results = dict(self._optimize(iter(specs), len(specs)))
@@ -115,13 +115,13 @@ class PatchDistributionAttack(Attack):
         by_number: dict[int, ImageJob] = {}
         outputs: dict[int, dict[int, torch.Tensor]] = {}
 
-        def specs() -> Iterator[_RowSpec]:
+        def specs() -> Iterator[RowSpec]:
             for number, job in enumerate(itertools.chain([first], source)):
                 by_number[number] = job
                 image = job.image.detach().to(self.device)
                 for index, seed in enumerate(job.seeds):
                     generator = torch.Generator().manual_seed(int(seed))
-                    yield _RowSpec((number, index), image, job.criterion, generator, index > 0)
+                    yield RowSpec((number, index), image, job.criterion, generator, index > 0)
 
         for (number, index), result in self._optimize(specs(), capacity * len(first.seeds)):
             outputs.setdefault(number, {})[index] = result
@@ -132,6 +132,10 @@ class PatchDistributionAttack(Attack):
                 yield job, torch.stack([done[k] for k in range(len(job.seeds))])
 
     # ----- the loop ------------------------------------------------------------------------------
+
+    def starts(self, specs: Sequence[RowSpec]) -> torch.Tensor:
+        """(n, 3, H, W) where the admitted rows' optimizations start."""
+        return torch.stack([self._start(spec.image, spec.generator, spec.shifted) for spec in specs])
 
     def _start(self, image: torch.Tensor, generator: torch.Generator, shifted: bool) -> torch.Tensor:
         if not shifted:
@@ -164,12 +168,12 @@ class PatchDistributionAttack(Attack):
         chosen = torch.stack(inputs)[smallest, torch.arange(len(images), device=images.device)]
         return criterion.margin(self.model.network_logits(chosen))
 
-    def _optimize(self, specs: Iterator[_RowSpec], capacity: int) -> Iterator[tuple[Hashable, torch.Tensor]]:
+    def _optimize(self, specs: Iterator[RowSpec], capacity: int) -> Iterator[tuple[Hashable, torch.Tensor]]:
         """(tag, result) of each row as it finishes, with at most `capacity` rows in flight."""
         with self.attacking():
             yield from self._rows(specs, capacity)
 
-    def _rows(self, specs: Iterator[_RowSpec], capacity: int) -> Iterator[tuple[Hashable, torch.Tensor]]:
+    def _rows(self, specs: Iterator[RowSpec], capacity: int) -> Iterator[tuple[Hashable, torch.Tensor]]:
         live: list[_Row] = []
         variable = exp_avg = exp_avg_sq = torch.empty(0, device=self.device)
         exhausted = False
@@ -182,7 +186,7 @@ class PatchDistributionAttack(Attack):
                 if spec is not None:
                     admitted.append(spec)
             if admitted:
-                starts = torch.stack([self._start(spec.image, spec.generator, spec.shifted) for spec in admitted])
+                starts = self.starts(admitted)
                 live += [
                     _Row(spec.tag, spec.criterion, self.admit(spec.image, spec.generator), self.tau)
                     for spec in admitted

@@ -1,0 +1,72 @@
+"""The re-arrangement the default IWDA starts from: seams, moves by whole analysis pixels, choice."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from iwdctl.images import load_image, preprocess
+from iwdctl.iwd import analysis_view, exact_iwd, optimal_matching
+from iwdctl.rearrange import band_displacement, displace, rearrange, seam_path
+from tests.conftest import shared_data
+
+
+def test_seam_path_is_the_cheapest_connected_path():
+    generator = np.random.default_rng(3)
+    cost = generator.random((5, 4))
+    cost[2, 1] = np.inf
+    best = min(
+        (
+            path
+            for path in itertools.product(range(4), repeat=5)
+            if all(abs(a - b) <= 1 for a, b in itertools.pairwise(path))
+        ),
+        key=lambda path: sum(cost[row, column] for row, column in enumerate(path)),
+    )
+    assert tuple(seam_path(cost)) == best
+
+
+@pytest.fixture(scope="module")
+def photos() -> torch.Tensor:
+    names = ("0c7ac4a8c9dfa802", "629138193e021cdf")
+    return torch.stack(
+        [preprocess(load_image(shared_data("nips17", "images", f"{name}.png")), 224, 0.875) for name in names]
+    )
+
+
+def test_a_photo_is_re_arranged_by_whole_patches_at_the_move_of_least_iwd(photos):
+    """The band moves one analysis pixel: a share of the analysis view's patches are matched to the
+    patch one position over (content moved, not perturbed in place), and of the candidate moves the
+    one kept has the smallest exact IWD."""
+    candidates = 3
+    moved = rearrange(photos, [torch.Generator().manual_seed(seed) for seed in (1, 2)], 64, 7, candidates)
+    views = analysis_view(torch.cat([photos, moved]).double(), 64).numpy()
+    for index in range(len(photos)):
+        assert float((moved[index] - photos[index]).norm()) > 5
+        sigma = optimal_matching(views[2 + index], views[index], 7)
+        offsets = sigma - np.arange(len(sigma))
+        relocated = offsets != 0
+        assert relocated.mean() > 0.15
+        assert np.isin(offsets[relocated], (-58, -1, 1, 58)).mean() > 0.8  # one position over (58 per row)
+        generator = torch.Generator().manual_seed(index + 1)
+        original = photos[index].double().numpy()
+        fields = [band_displacement(original, 3.5, 3.5, draw % 2 == 0, generator) for draw in range(candidates)]
+        each = displace(photos[index].expand(candidates, -1, -1, -1), torch.from_numpy(np.stack(fields)))
+        distances = [exact_iwd(views[index], view) for view in analysis_view(each.double(), 64).numpy()]
+        assert torch.equal(moved[index], each[int(np.argmin(distances))])
+
+
+def test_iwda_ot_samples_are_each_re_arranged_differently(tiny_model, tiny_batch):
+    from iwdctl.attacks import IWDAOT
+    from iwdctl.criteria import Misclassification
+
+    images, labels = tiny_batch
+    attack = IWDAOT(tiny_model, steps=2)
+    samples = attack.sample(images[:1], Misclassification(labels[:1]), [[1, 2, 3]])[0]
+    assert all(float((sample - images[0]).norm()) > 0.5 for sample in samples)
+    assert not torch.equal(samples[0], samples[1]) and not torch.equal(samples[1], samples[2])
+    still = IWDAOT(tiny_model, steps=2, moves=0).sample(images[:1], Misclassification(labels[:1]), [[1, 2]])[0]
+    assert float((still[0] - images[0]).norm()) < 0.5  # without moves sample 0 perturbs x
