@@ -38,10 +38,11 @@ class IWDAOT(PatchDistributionAttack):
     (1/N) sum_i c(u~_i, u_sigma(i)), an upper bound of IWD equal to it at each matching, whose gradient
     is IWD's (sub)gradient there (envelope theorem).
 
-    Every sample starts from x re-arranged (iwdctl.rearrange): a band between two seams moved by one
-    pixel of the analysis view, the move of least exact IWD among `moves` drawn from the sample's own
-    generator. So x~ moves content (the paper's far-in-l2 character: l2 several times PGD's at 8/255)
-    while its patches stay x's, and K samples are K different re-arrangements. `moves` = 0 starts
+    Every sample starts from x re-arranged (iwdctl.rearrange): the band between an image edge and a
+    seam moved by one pixel of the analysis view, the move of least exact IWD among `moves` drawn
+    from the sample's own generator. So x~ moves content (the paper's far-in-l2 character: l2
+    several times PGD's at 8/255) while its patches stay x's, and K samples are K different
+    re-arrangements. `moves` = 0 starts
     sample 0 from x itself (a small perturbation) and further samples from x shifted by up to `shift`
     pixels. Loop and stopping rule are PatchDistributionAttack's; tau doubles every 50 steps while an
     image is not adversarial, so robust models are fooled too.
