@@ -42,10 +42,10 @@ class IWDAOT(PatchDistributionAttack):
     seam moved by one pixel of the analysis view, the move of least exact IWD among `moves` drawn
     from the sample's own generator. So x~ moves content (the paper's far-in-l2 character: l2
     several times PGD's at 8/255) while its patches stay x's, and K samples are K different
-    re-arrangements. `moves` = 0 starts
-    sample 0 from x itself (a small perturbation) and further samples from x shifted by up to `shift`
-    pixels. Loop and stopping rule are PatchDistributionAttack's; tau doubles every 50 steps while an
-    image is not adversarial, so robust models are fooled too.
+    re-arrangements. `moves` = 0 starts sample 0 from x itself (a small perturbation) and further
+    samples from x shifted by up to `shift` pixels. Loop and stopping rule are
+    PatchDistributionAttack's; tau doubles every 50 steps while an image is not adversarial, so
+    robust models are fooled too.
     Defaults: tau = 0.1, kappa = 1.0, steps = 500, lr = 0.5/255, patch = 7, size = 64, rematch = 10,
     shift = 6, escalate = 2 every 50 steps, loader_views = True, moves = 4.
     """
