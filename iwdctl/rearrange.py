@@ -56,19 +56,19 @@ def seam_path(cost: np.ndarray) -> np.ndarray:
 
 
 def band_displacement(
-    image: np.ndarray, shift: float, scale: float, vertical: bool, from_start: bool, generator: torch.Generator
+    image: np.ndarray, scale: float, vertical: bool, from_start: bool, generator: torch.Generator
 ) -> np.ndarray:
     """(2, H, W) displacement in pixels (x, then y) that moves the band between one image edge and a
-    seam by `shift` pixels across the seam (along x for a vertical seam): the band from the left
+    seam by one analysis pixel (`scale` pixels) across the seam (along x for a vertical seam): the band from the left
     (top) edge with `from_start`, else from the right (bottom) edge; its direction and least width
-    are drawn from `generator`. At the edge a strip of `shift` pixels leaves the image or enters it
+    are drawn from `generator`. At the edge a strip of `scale` pixels leaves the image or enters it
     reflected.
 
     `image` (3, H, W) float; `scale` full-resolution pixels per analysis pixel.
     """
     view = image if vertical else image.transpose(0, 2, 1)
     _, height, width = view.shape
-    step = max(int(round(shift)), 1)
+    step = max(int(round(scale)), 1)
     # Seam cost: how much the content differs from itself moved by the shift, summed over a window.
     difference = np.abs(view[:, :, step:] - view[:, :, :-step]).sum(axis=0)
     difference = np.concatenate([difference, difference[:, -step:]], axis=1)
@@ -89,7 +89,7 @@ def band_displacement(
     seam = seam_path(cost)[:, None]
     direction = 1.0 if bool(torch.randint(0, 2, (1,), generator=generator)) else -1.0
     inside = np.clip(((seam - columns[None]) if from_start else (columns[None] - seam)) / ramp, 0, 1)
-    field = np.stack([direction * shift * inside, np.zeros_like(inside)])
+    field = np.stack([direction * scale * inside, np.zeros_like(inside)])
     return field if vertical else field[::-1].transpose(0, 2, 1)
 
 
@@ -118,7 +118,7 @@ def rearrange(
     fields = torch.from_numpy(
         np.stack(
             [
-                band_displacement(original, scale, scale, index % 2 == 0, index % 4 < 2, generator)
+                band_displacement(original, scale, index % 2 == 0, index % 4 < 2, generator)
                 for original, generator in zip(originals, generators)
                 for index in range(candidates)
             ]

@@ -54,7 +54,7 @@ def test_a_photo_is_re_arranged_by_whole_patches_at_the_move_of_least_iwd(photos
         generator = torch.Generator().manual_seed(index + 1)
         original = photos[index].double().numpy()
         fields = [
-            band_displacement(original, 3.5, 3.5, draw % 2 == 0, draw % 4 < 2, generator) for draw in range(candidates)
+            band_displacement(original, 3.5, draw % 2 == 0, draw % 4 < 2, generator) for draw in range(candidates)
         ]
         each = displace(photos[index].expand(candidates, -1, -1, -1), torch.from_numpy(np.stack(fields)))
         distances = [exact_iwd(views[index], view) for view in analysis_view(each.double(), 64).numpy()]
