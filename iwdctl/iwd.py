@@ -37,7 +37,6 @@ import numpy as np
 from iwdctl.assignment import (
     min_cost_assignment,
     min_cost_assignment_within,
-    network_simplex,
     shortest_paths_finish,
 )
 from iwdctl.costs import as_array, cost_matrix, cost_matrix_torch, pair_costs, row_nearest
@@ -299,7 +298,7 @@ def _assignment(
 ) -> np.ndarray:
     """The optimal assignment of the kept patches of x to the kept patches of y (indices among them)."""
     if _on_accelerator(x):
-        return _device_assignment(x, y, u[keep_u], v[keep_v], keep_u, keep_v, patch, stride)
+        return _device_assignment(x, y, keep_u, keep_v, patch, stride)
     if keep_u.all() and stride == 1 and len(u) > SPARSE_CANDIDATES[-1]:
         columns = _sparse_optimum(x, y, u, v, patch, threads)
         if columns is not None:
@@ -317,36 +316,13 @@ def _assignment(
     cost = cost_matrix(x, y, patch, stride, threads)
     if not keep_u.all():
         cost = cost[np.ix_(keep_u, keep_v)]
-    return _dense_assignment(cost, u[keep_u], v[keep_v], threads)
-
-
-def _dense_assignment(cost: np.ndarray, u: np.ndarray, v: np.ndarray, threads: int = 1) -> np.ndarray:
-    """The optimal assignment of a dense float64 matrix of the patches u to v: degenerate problems by
-    the network simplex, the others by the auction (iwdctl.assignment)."""
-    if _degenerate(u, v, cost) and (columns := network_simplex(cost)) is not None:
-        return columns
     return min_cost_assignment(cost, threads)
 
 
-# A problem counts as degenerate when at least this share of the patches lie entirely on one side of
-# their nearest patch (every value >=, or every value <=). Then c(u, v) = |mean(u) - mean(v)| on
-# those pairs: a dark image whose perturbation was clipped at 0 has whole blocks of exactly tied
-# entries (measured: 14-22% on such PGD pairs, at most 5% on other attacks' pairs and on shifts).
-DEGENERATE_SHARE = 0.1
-
-
-def _degenerate(u: np.ndarray, v: np.ndarray, cost: np.ndarray) -> bool:
-    nearest = v[cost.argmin(axis=1)]
-    one_sided = (nearest >= u).all(axis=1) | (nearest <= u).all(axis=1)
-    return bool(one_sided.mean() >= DEGENERATE_SHARE)
-
-
-def _device_assignment(
-    x: Any, y: Any, u: np.ndarray, v: np.ndarray, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int
-) -> np.ndarray:
+def _device_assignment(x: Any, y: Any, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int) -> np.ndarray:
     """_assignment with the float64 cost matrix built by torch on x's device (a GPU): if its row minima
     fall in distinct columns they are the optimum (the dual v = 0 certifies it); otherwise the matrix
-    goes to the CPU solver. u and v are the kept patches."""
+    goes to the CPU solver."""
     import torch
 
     x, y = torch.as_tensor(x), torch.as_tensor(y)
@@ -356,7 +332,7 @@ def _device_assignment(
     nearest = matrix.argmin(dim=1)
     if len(torch.unique(nearest)) == len(nearest):
         return nearest.cpu().numpy()
-    return _dense_assignment(matrix.cpu().numpy(), u, v)
+    return min_cost_assignment(matrix.cpu().numpy())
 
 
 def exact_iwd(x: Any, y: Any, patch: int = 7, stride: int = 1, threads: int = 1) -> float:
