@@ -526,10 +526,12 @@ def min_cost_assignment_within(cost: np.ndarray, exact_costs, threads: int = 1) 
 
     `cost` holds the costs rounded to float32; `exact_costs(rows, columns)` gives any edges' exact
     (float64) costs. The auction runs on the float32 matrix (half the memory traffic) and proposes
-    the sparse graph of its tight edges; that graph is solved with exact costs, and its optimal duals
-    are checked against every entry (pricing): an entry that may violate them by more than its
-    rounding is recomputed exactly, and true violations join the graph, which is solved again. When
-    no entry violates the duals, they certify the matching optimal for the exact costs.
+    the sparse graph of its tight edges; that graph is solved with exact costs (the auction's
+    assignment with repaired duals, as in min_cost_assignment, else by successive shortest paths),
+    and its optimal duals are checked against every entry (pricing): an entry that may violate them
+    by more than its rounding is recomputed exactly, and true violations join the graph, which is
+    solved again. When no entry violates the duals, they certify the matching optimal for the exact
+    costs.
     """
     n = cost.shape[0]
     top = float(cost.max() - cost.min())
@@ -537,13 +539,14 @@ def min_cost_assignment_within(cost: np.ndarray, exact_costs, threads: int = 1) 
     assigned, prices = auction(cost, np.zeros(n), max(top / START_DIVISOR, eps_end), eps_end, SCALING)
     rows, columns = tight_edges(cost, prices, assigned, threads)
     keys = np.unique(np.concatenate([rows * n + columns, np.arange(n) * n + assigned]))
-    column_duals, hint = -prices, assigned
+    rows, columns = keys // n, keys % n
+    indptr, costs = np.searchsorted(rows, np.arange(n + 1)), exact_costs(rows, columns)
+    matched, column_duals, repaired = cancel_and_repair(
+        n, indptr, columns, costs, assigned, -prices, REPAIR_TOLERANCE, REPAIR_SCANS_PER_COLUMN * n
+    )
+    if not repaired:
+        matched, column_duals = shortest_paths_finish(n, indptr, columns, costs, -prices, assigned)
     for _ in range(MAX_PRICING_ROUNDS):
-        rows, columns = keys // n, keys % n
-        indptr = np.searchsorted(rows, np.arange(n + 1))
-        matched, column_duals = shortest_paths_finish(
-            n, indptr, columns, exact_costs(rows, columns), column_duals, hint
-        )
         row_duals = exact_costs(np.arange(n), matched) - column_duals[matched]
         # Entries that may violate the duals once their rounding is undone (the tight ones among them).
         suspects = edges_below(cost, row_duals, column_duals, 0.0, FLOAT32_RELATIVE_ERROR, threads)
@@ -552,5 +555,8 @@ def min_cost_assignment_within(cost: np.ndarray, exact_costs, threads: int = 1) 
         if not violated.any():
             return matched
         keys = np.union1d(keys, suspects[0][violated] * n + suspects[1][violated])
-        hint = matched
+        rows, columns = keys // n, keys % n
+        matched, column_duals = shortest_paths_finish(
+            n, np.searchsorted(rows, np.arange(n + 1)), columns, exact_costs(rows, columns), column_duals, matched
+        )
     raise RuntimeError("pricing did not converge")  # not seen; would mean the duals drift with rounding
