@@ -170,6 +170,20 @@ def test_the_float32_matrix_route_matches_pot(monkeypatch, name):
         assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
 
 
+def test_the_float32_route_without_the_repair_matches_pot(monkeypatch):
+    """Where the repaired duals cannot prove the auction's assignment (forced here), the float32 route
+    solves its tight graph by successive shortest paths and prices the whole matrix: still POT's."""
+    import importlib
+
+    engine = importlib.import_module("iwdctl.iwd")
+    monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", 0)
+    monkeypatch.setattr(engine, "_sparse_optimum", lambda *args: None)
+    monkeypatch.setattr(assignment, "cancel_and_repair", lambda n, *args: (None, None, False))
+    photo = load_image(shared_data("nips17", "images", "c83cfca4bc9dd3c7.png"))
+    for kind, (x, y) in perturbed_pairs(photo, 36, seed=2).items():
+        assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
+
+
 def test_the_sparse_route_certifies_pairs_whose_patches_stay_in_place():
     """Noise, blur and JPEG pairs are solved on each patch's nearest patches, and certified: the
     matching it returns costs POT's optimum."""
