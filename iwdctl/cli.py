@@ -215,8 +215,8 @@ def measure_command(
 
     settings = MeasureSettings(patch, stride, size, True if approx else None, resize, device_name(device))
     if settings.device == "cpu":
-        # POT (the solver of degenerate pairs) would import torch (2 s) only to register a backend;
-        # this process passes it NumPy arrays alone.
+        # POT (the fallback solver where no certificate is found) would import torch (2 s) only to
+        # register a backend; this process passes it NumPy arrays alone.
         os.environ.setdefault("POT_BACKEND_DISABLE_PYTORCH", "1")
     pairing = pair_images(orig, adv, strict)
     with progress_bar(quiet, unit="pairs") as progress:

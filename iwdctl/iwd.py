@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import torch
 
 # The exact value on a CPU runs on NumPy arrays: `iwdctl measure` does not import torch there (2 s of
-# its start-up; it loads POT, for degenerate pairs, without POT's torch backend). torch (imported
+# its start-up; it loads POT, the fallback solver, without POT's torch backend). torch (imported
 # where used) serves tensors on a device and the entropic estimate.
 
 # Above this many patches (a 200 MB float64 matrix: more than 76 x 76 pixels at 7 x 7) the dense
