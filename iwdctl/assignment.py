@@ -64,9 +64,8 @@ def _compile(function):  # type: ignore[no-untyped-def]
     return numba.njit(nogil=True, cache=True)(function) if numba is not None else None
 
 
-def _auction(cost, prices, eps_start, eps_end, scaling):  # type: ignore[no-untyped-def]
-    """Gauss-Seidel forward auction for minimum cost, epsilon scaled, from the given prices (not
-    changed); returns (columns, prices).
+def _auction(cost, eps_start, eps_end, scaling):  # type: ignore[no-untyped-def]
+    """Gauss-Seidel forward auction for minimum cost, epsilon scaled; returns (columns, prices).
 
     A bid needs the row's best and second-best value c_ij + p_j. Prices only rise (they carry over
     between phases), so after a full scan the row's CACHED_CANDIDATES smallest columns are kept with
@@ -75,7 +74,7 @@ def _auction(cost, prices, eps_start, eps_end, scaling):  # type: ignore[no-unty
     """
     n = cost.shape[0]
     width = min(CACHED_CANDIDATES, n - 1) if n > 1 else 0
-    prices = prices.copy()
+    prices = np.zeros(n)
     owner = np.empty(n, dtype=np.int64)
     assigned = np.empty(n, dtype=np.int64)
     waiting = np.empty(n, dtype=np.int64)
@@ -445,15 +444,33 @@ def min_cost_assignment(cost: np.ndarray, threads: int = 1) -> np.ndarray:
         from scipy.optimize import linear_sum_assignment  # only without numba: a half-second import
 
         return linear_sum_assignment(cost)[1].astype(np.int64)
-    top = float(cost.max() - cost.min())
-    eps_end = FINAL_TOTAL_GAP / n
-    assigned, prices = auction(cost, np.zeros(n), max(top / START_DIVISOR, eps_end), eps_end, SCALING)
-    rows, columns = tight_edges(cost, prices, assigned, threads)
+    assigned, prices, rows, columns = _auction_and_tight_edges(cost, threads)
     if (certified := _certified_optimum(cost, rows, columns, assigned, prices, threads)) is not None:
         return certified
     if len(rows) > SIMPLEX_EDGES_PER_ROW * n and (simplex := network_simplex(cost)) is not None:
         return simplex
     return _finish(n, rows, columns, lambda rows, columns: cost[rows, columns], prices, assigned)
+
+
+def _auction_and_tight_edges(cost: np.ndarray, threads: int) -> tuple[np.ndarray, ...]:
+    """The auction's assignment and prices, and its tight graph (rows, columns), by row."""
+    n = len(cost)
+    top = float(cost.max() - cost.min())
+    eps_end = FINAL_TOTAL_GAP / n
+    assigned, prices = auction(cost, max(top / START_DIVISOR, eps_end), eps_end, SCALING)
+    return assigned, prices, *tight_edges(cost, prices, assigned, threads)
+
+
+def _repaired(
+    rows: np.ndarray, columns: np.ndarray, costs: np.ndarray, assigned: np.ndarray, prices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """cancel_and_repair on the graph of edges (rows, columns) sorted by row, with their exact costs,
+    from the auction's assignment and prices: (matched, column duals, whether they prove it)."""
+    n = len(assigned)
+    indptr = np.searchsorted(rows, np.arange(n + 1))
+    return cancel_and_repair(
+        n, indptr, columns, costs, assigned, -prices, REPAIR_TOLERANCE, REPAIR_SCANS_PER_COLUMN * n
+    )
 
 
 def _certified_optimum(
@@ -467,16 +484,7 @@ def _certified_optimum(
     checks that no entry, in the graph or not, violates the duals. On degenerate problems (hundreds of
     tied entries per row) this takes milliseconds where the shortest-path finish took tens of seconds."""
     n = len(cost)
-    matched, column_duals, repaired = cancel_and_repair(
-        n,
-        np.searchsorted(rows, np.arange(n + 1)),
-        columns,
-        cost[rows, columns],
-        assigned,
-        -prices,
-        REPAIR_TOLERANCE,
-        REPAIR_SCANS_PER_COLUMN * n,
-    )
+    matched, column_duals, repaired = _repaired(rows, columns, cost[rows, columns], assigned, prices)
     if not repaired:
         return None
     smallest = np.empty(n)
@@ -535,16 +543,13 @@ def min_cost_assignment_within(cost: np.ndarray, exact_costs, threads: int = 1) 
     """
     n = cost.shape[0]
     top = float(cost.max() - cost.min())
-    eps_end = FINAL_TOTAL_GAP / n
-    assigned, prices = auction(cost, np.zeros(n), max(top / START_DIVISOR, eps_end), eps_end, SCALING)
-    rows, columns = tight_edges(cost, prices, assigned, threads)
+    assigned, prices, rows, columns = _auction_and_tight_edges(cost, threads)
     keys = np.unique(np.concatenate([rows * n + columns, np.arange(n) * n + assigned]))
     rows, columns = keys // n, keys % n
-    indptr, costs = np.searchsorted(rows, np.arange(n + 1)), exact_costs(rows, columns)
-    matched, column_duals, repaired = cancel_and_repair(
-        n, indptr, columns, costs, assigned, -prices, REPAIR_TOLERANCE, REPAIR_SCANS_PER_COLUMN * n
-    )
+    costs = exact_costs(rows, columns)
+    matched, column_duals, repaired = _repaired(rows, columns, costs, assigned, prices)
     if not repaired:
+        indptr = np.searchsorted(rows, np.arange(n + 1))
         matched, column_duals = shortest_paths_finish(n, indptr, columns, costs, -prices, assigned)
     for _ in range(MAX_PRICING_ROUNDS):
         row_duals = exact_costs(np.arange(n), matched) - column_duals[matched]

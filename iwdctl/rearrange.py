@@ -59,10 +59,10 @@ def band_displacement(
     image: np.ndarray, scale: float, vertical: bool, from_start: bool, generator: torch.Generator
 ) -> np.ndarray:
     """(2, H, W) displacement in pixels (x, then y) that moves the band between one image edge and a
-    seam by one analysis pixel (`scale` pixels) across the seam (along x for a vertical seam): the band from the left
-    (top) edge with `from_start`, else from the right (bottom) edge; its direction and least width
-    are drawn from `generator`. At the edge a strip of `scale` pixels leaves the image or enters it
-    reflected.
+    seam by one analysis pixel (`scale` pixels) across the seam (along x for a vertical seam): the
+    band from the left (top) edge with `from_start`, else from the right (bottom) edge; its
+    direction and least width are drawn from `generator`. At the edge a strip of `scale` pixels
+    leaves the image or enters it reflected.
 
     `image` (3, H, W) float; `scale` full-resolution pixels per analysis pixel.
     """
