@@ -1,14 +1,15 @@
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iwdctl.attacks.base import Attack
+from iwdctl.attacks.base import Attack, ImageJob
 from iwdctl.criteria import Criterion, bounded_classification_loss
 from iwdctl.errors import InputError
 from iwdctl.images import quantize
@@ -52,7 +53,51 @@ def _init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class ScaleGenerator(nn.Module):
+def stack_by_image(copies: Sequence[nn.Module]) -> nn.Module:
+    """B copies of one network (different weights) as one: the B images lie side by side along the
+    channels, (N, B x C, H, W), and every convolution is grouped by image, so one pass and one optimizer
+    step serve all B while each image's weights see only its own channels. BatchNorm's per-channel
+    statistics are then each image's own, as in B separate networks; Adam is elementwise."""
+    first, count = copies[0], len(copies)
+    if isinstance(first, nn.Sequential):
+        return nn.Sequential(*(stack_by_image([copy[i] for copy in copies]) for i in range(len(first))))
+    if isinstance(first, nn.Conv2d):
+        stacked: nn.Module = nn.Conv2d(
+            first.in_channels * count,
+            first.out_channels * count,
+            first.kernel_size,
+            first.stride,
+            first.padding,
+            groups=count,
+            bias=first.bias is not None,
+        )
+    elif isinstance(first, nn.BatchNorm2d):
+        stacked = nn.BatchNorm2d(first.num_features * count, first.eps, first.momentum)
+    elif isinstance(first, (nn.LeakyReLU, nn.Tanh)):
+        return first
+    else:
+        raise TypeError(f"cannot stack {type(first).__name__} by image")
+    with torch.no_grad():
+        for name, tensor in [*stacked.named_parameters(), *stacked.named_buffers()]:
+            if tensor.dim():  # not BatchNorm's scalar batch counter
+                tensor.copy_(torch.cat([getattr(copy, name) for copy in copies]))
+    return stacked
+
+
+class _PerImageNetwork(nn.Module):
+    body: nn.Module
+    head: nn.Module
+
+    @classmethod
+    def stacked(cls, copies: Sequence[_PerImageNetwork]) -> _PerImageNetwork:
+        """The networks of B images as one (`stack_by_image`)."""
+        network = copy.deepcopy(copies[0])
+        network.body = stack_by_image([each.body for each in copies])
+        network.head = stack_by_image([each.head for each in copies])
+        return network
+
+
+class ScaleGenerator(_PerImageNetwork):
     """One scale of the SinGAN pyramid: 4 conv blocks and a tanh head, residual on the coarser output."""
 
     def __init__(self, channels: int) -> None:
@@ -65,7 +110,7 @@ class ScaleGenerator(nn.Module):
         return self.head(self.body(F.pad(noise + previous, (PADDING,) * 4))) + previous
 
 
-class PatchCritic(nn.Module):
+class PatchCritic(_PerImageNetwork):
     """One scale's WGAN critic: 4 conv blocks and a conv head giving a map of patch scores."""
 
     def __init__(self, channels: int) -> None:
@@ -96,10 +141,23 @@ def channels_at(scale: int, max_channels: int = 128) -> int:
 def gradient_penalty(
     critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
-    rho = torch.rand(real.shape[0], 1, 1, 1, generator=generator).to(real.device)
-    mixed = (rho * real + (1 - rho) * fake).requires_grad_(True)
+    """WGAN-GP's penalty (lambda excluded) of one critic, mean over the batch."""
+    rho = torch.rand(real.shape[0], 1, generator=generator).to(real.device)
+    return stacked_gradient_penalty(critic, real, fake, rho)
+
+
+def stacked_gradient_penalty(
+    critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, rho: torch.Tensor
+) -> torch.Tensor:
+    """WGAN-GP's penalty on the interpolates rho x real + (1 - rho) x fake of B images stacked along the
+    channels (`stack_by_image`), rho (N, B): each image's gradient norm is its own; mean over the N
+    samples, summed over the images (so each image's critic gets its own penalty's gradient)."""
+    count = rho.shape[1]
+    weights = rho.repeat_interleave(real.shape[1] // count, dim=1)[:, :, None, None]
+    mixed = (weights * real + (1 - weights) * fake).requires_grad_(True)
     (gradient,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
-    return ((gradient.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    norms = gradient.reshape(len(gradient), count, -1).norm(dim=2)
+    return ((norms - 1) ** 2).mean(dim=0).sum()
 
 
 def critic_scores(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,6 +175,16 @@ def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(images.shape[-2:]) == size:
         return images
     return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
+
+
+def _side_by_side(images: torch.Tensor) -> torch.Tensor:
+    """(B, N, 3, H, W) -> (N, B x 3, H, W): the layout of stacked networks (`stack_by_image`)."""
+    return images.transpose(0, 1).flatten(1, 2)
+
+
+def _by_image(stacked: torch.Tensor, count: int) -> torch.Tensor:
+    """(N, B x 3, H, W) -> (B, N, 3, H, W)."""
+    return stacked.unflatten(1, (count, -1)).transpose(0, 1)
 
 
 class IWDA(Attack):
@@ -137,8 +205,14 @@ class IWDA(Attack):
     `start_scale` S injects x (downsampled) at scale S: higher S stays closer to x, S = 0 lets the
     coarsest generator re-arrange the image freely. K samples come from K noise draws of one trained
     pyramid; up to `draws_per_sample` draws are tried per sample to find adversarial ones.
+
+    Up to `images_at_once` images train together: their networks are stacked (`stack_by_image`,
+    grouped convolutions), so one optimizer step serves them all and a GPU is kept busy; each image
+    keeps its own weights, noise and losses, drawn from its own generator. The float rounding of a
+    grouped convolution can differ from a single one's, and GAN training amplifies such differences,
+    so an image's samples are reproducible for a given batch but not bitwise across batch sizes.
     Defaults: tau = 0.1, alpha = 10, lambda = 0.1, kappa = 1.0, preset "cpu" (see PRESETS), start_scale
-    from the preset, steps (iterations per scale) from the preset.
+    from the preset, steps (iterations per scale) from the preset, images_at_once = 16.
     """
 
     name = "iwda"
@@ -156,16 +230,20 @@ class IWDA(Attack):
         lr: float = 5e-4,
         draws_per_sample: int = 8,
         kappa: float = 1.0,
+        images_at_once: int = 16,
     ) -> None:
         super().__init__(model)
         if preset not in PRESETS:
             raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        if images_at_once < 1:
+            raise InputError(f"images_at_once must be at least 1, not {images_at_once}")
         self.preset = PRESETS[preset]
         self.tau, self.alpha, self.gp_weight, self.lr = tau, alpha, gp_weight, lr
         self.start_scale = start_scale
         self.iterations = steps or self.preset.iterations  # per scale
         self.draws_per_sample = draws_per_sample
         self.kappa = kappa
+        self.images_at_once = images_at_once
 
     def _first_scale(self, count: int) -> int:
         if self.start_scale is not None:
@@ -174,107 +252,124 @@ class IWDA(Attack):
             return self.start_scale
         return 0 if self.preset.scales is None else max(0, count - self.preset.scales)
 
-    def classification_loss(self, images: torch.Tensor, criterion: Criterion) -> torch.Tensor:
-        """L_c of the sample resized to the classifier's input, bounded by the margin `kappa`."""
-        logits = self.model(_resize(images, (self.model.input_size, self.model.input_size)))
-        return bounded_classification_loss(criterion, logits, self.kappa)
+    def classification_loss(self, stacked: torch.Tensor, criterion: Criterion, count: int) -> torch.Tensor:
+        """L_c of `count` images' samples (N, B x 3, H, W) resized to the classifier's input, bounded by
+        the margin `kappa`: each image's mean over its samples, summed over the images."""
+        images = _by_image(stacked, count)
+        flat = images.flatten(0, 1)
+        logits = self.model(_resize(flat, (self.model.input_size, self.model.input_size)))
+        rows = torch.arange(len(images), device=flat.device).repeat_interleave(images.shape[1])
+        return bounded_classification_loss(criterion.select(rows), logits, self.kappa) * len(images)
 
     def forward(self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]) -> torch.Tensor:
         results = []
-        for index in range(len(images)):
-            pyramid = self.train(
-                images[index : index + 1], criterion.select(slice(index, index + 1)), generators[index]
-            )
-            results.append(
-                pyramid.sample(1, criterion.select(slice(index, index + 1)), generators[index], self.draws_per_sample)
-            )
+        for start in range(0, len(images), self.images_at_once):
+            part = slice(start, start + self.images_at_once)
+            pyramid = self.train(images[part], criterion.select(part), generators[part])
+            results.append(pyramid.sample(1, criterion.select(part), generators[part], self.draws_per_sample)[:, 0])
         return torch.cat(results)
 
     def sample(self, images: torch.Tensor, criterion: Criterion, seeds: Sequence[Sequence[int]]) -> torch.Tensor:
-        """K samples of each image from K noise draws of one pyramid, trained once per image."""
-        results = []
-        for index, image_seeds in enumerate(seeds):
-            generator = torch.Generator().manual_seed(int(image_seeds[0]))
-            image_criterion = criterion.select(slice(index, index + 1))
-            image = images[index : index + 1].detach().to(self.device)
+        """K samples of each image from K noise draws of one pyramid, trained once per image (its
+        generator seeded by the image's first seed)."""
+        count = len(seeds[0])
 
-            def draw(_: list[torch.Generator], image=image, image_criterion=image_criterion, generator=generator):
-                pyramid = self.train(image, image_criterion, generator)
-                return pyramid.sample(len(seeds[0]), image_criterion, generator, self.draws_per_sample)
+        def draw(generators: list[torch.Generator]) -> torch.Tensor:
+            results = []
+            for start in range(0, len(images), self.images_at_once):
+                part = slice(start, start + self.images_at_once)
+                part_images = images[part].detach().to(self.device)
+                pyramid = self.train(part_images, criterion.select(part), generators[part])
+                results.append(pyramid.sample(count, criterion.select(part), generators[part], self.draws_per_sample))
+            return torch.cat(results)
 
-            results.append(self._run(draw, []))
-        return torch.stack(results)
+        return self._run(draw, [image_seeds[0] for image_seeds in seeds])
 
-    def train(self, image: torch.Tensor, criterion: Criterion, generator: torch.Generator) -> TrainedPyramid:
-        sizes = pyramid_sizes(*image.shape[-2:])
-        reals = [_resize(image, size).clamp(0, 1) for size in sizes]
+    def stream(self, jobs: Iterable[ImageJob], capacity: int) -> Iterator[tuple[ImageJob, torch.Tensor]]:
+        return super().stream(jobs, min(capacity, self.images_at_once))
+
+    def train(self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]) -> TrainedPyramid:
+        """The pyramids of B images (B, 3, H, W), trained together scale by scale."""
+        sizes = pyramid_sizes(*images.shape[-2:])
+        reals = [_side_by_side(_resize(images, size).clamp(0, 1)[:, None]) for size in sizes]
         first = self._first_scale(len(sizes))
-        pyramid = TrainedPyramid(self, reals, first)
+        pyramid = TrainedPyramid(self, reals, first, len(images))
         total = len(sizes) - first
         with frozen(self.model):
             for scale in range(first, len(sizes)):
-                pyramid.train_scale(scale, criterion, generator, self.iterations)
+                pyramid.train_scale(scale, criterion, generators, self.iterations)
                 self.progress(scale - first + 1, total, "iwda scales")
         return pyramid
 
 
 class TrainedPyramid:
-    """The generators of one image, trained scale by scale, and how to sample from them."""
+    """The generators of B images, trained scale by scale, and how to sample from them. Images lie side
+    by side along the channels: every tensor here is (N, B x 3, H, W), N samples of each image."""
 
-    def __init__(self, attack: IWDA, reals: list[torch.Tensor], first: int) -> None:
+    def __init__(self, attack: IWDA, reals: list[torch.Tensor], first: int, count: int) -> None:
         self.attack = attack
         self.reals = reals
         self.first = first
+        self.count = count
         self.generators: list[ScaleGenerator] = []
-        self.noise_amplitudes: list[float] = []
+        self.noise_amplitudes: list[torch.Tensor] = []  # (1, B x 3, 1, 1): each image's own
         self.reconstruction_noise: torch.Tensor | None = None
 
-    def _start(self, count: int) -> torch.Tensor:
+    def _start(self, samples: int) -> torch.Tensor:
         """What scale `first` builds on: x at the coarser scale (upsampled), or zeros at scale 0."""
         real = self.reals[self.first]
         if self.first == 0:
-            return torch.zeros(count, *real.shape[1:], device=real.device)
-        return _resize(self.reals[self.first - 1], tuple(real.shape[-2:])).expand(count, -1, -1, -1)
+            return torch.zeros(samples, *real.shape[1:], device=real.device)
+        return _resize(self.reals[self.first - 1], tuple(real.shape[-2:])).expand(samples, -1, -1, -1)
 
-    def _noise(self, scale: int, count: int, generator: torch.Generator) -> torch.Tensor:
-        real = self.reals[scale]
+    def _noise(self, scale: int, samples: int, generators: list[torch.Generator]) -> torch.Tensor:
+        height, width = self.reals[scale].shape[-2:]
         # The coarsest scale of a free re-arrangement draws one noise map for all channels (as SinGAN).
         channels = 1 if scale == 0 else 3
-        noise = torch.randn(count, channels, *real.shape[-2:], generator=generator).to(real.device)
-        return noise.expand(-1, 3, -1, -1)
+        maps = [torch.randn(samples, channels, height, width, generator=generator) for generator in generators]
+        return torch.cat([noise.expand(-1, 3, -1, -1) for noise in maps], dim=1).to(self.reals[scale].device)
 
-    def run(self, count: int, generator: torch.Generator | None, upto: int) -> torch.Tensor:
+    def run(self, samples: int, generators: list[torch.Generator] | None, upto: int) -> torch.Tensor:
         """Images at scale `upto` (exclusive of its own generator when `upto` is not trained yet)."""
-        current = self._start(count)
+        current = self._start(samples)
         for offset, scale_generator in enumerate(self.generators[: upto - self.first]):
             scale = self.first + offset
             target_size = tuple(self.reals[scale].shape[-2:])
             previous = _resize(current, target_size) if offset else current
-            if generator is None:  # the reconstruction path: fixed noise at scale 0, none elsewhere
+            if generators is None:  # the reconstruction path: fixed noise at scale 0, none elsewhere
                 noise = self.reconstruction_noise if scale == 0 else torch.zeros_like(previous)
             else:
-                noise = self._noise(scale, count, generator)
+                noise = self._noise(scale, samples, generators)
             current = scale_generator(self.noise_amplitudes[offset] * noise, previous)
         if upto < len(self.reals) and self.generators[: upto - self.first]:
             current = _resize(current, tuple(self.reals[upto].shape[-2:]))
         return current
 
-    def train_scale(self, scale: int, criterion: Criterion, generator: torch.Generator, iterations: int) -> None:
+    def _per_image_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """(N, B x C, ...) -> each image's mean, (B,)."""
+        return values.unflatten(1, (self.count, -1)).transpose(0, 1).flatten(1).mean(dim=1)
+
+    def train_scale(self, scale: int, criterion: Criterion, generators: list[torch.Generator], iterations: int) -> None:
         attack = self.attack
         real = self.reals[scale]
         channels = channels_at(scale, attack.preset.max_channels)
         device = real.device
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        scale_generator, critic = ScaleGenerator(channels).to(device), PatchCritic(channels).to(device)
+        scale_generators, critics = [], []
+        for generator in generators:  # each image's networks from its own seed, as if trained alone
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            scale_generators.append(ScaleGenerator(channels))
+            critics.append(PatchCritic(channels))
+        scale_generator = ScaleGenerator.stacked(scale_generators).to(device)
+        critic = PatchCritic.stacked(critics).to(device)
         with torch.no_grad():
             reconstruction_previous = self.run(1, None, scale)
             if scale == 0:
-                self.reconstruction_noise = (
-                    torch.randn(1, 1, *real.shape[-2:], generator=generator).to(device).expand(-1, 3, -1, -1)
-                )
-                amplitude = 1.0
+                maps = [torch.randn(1, 1, *real.shape[-2:], generator=generator) for generator in generators]
+                self.reconstruction_noise = torch.cat([noise.expand(-1, 3, -1, -1) for noise in maps], dim=1).to(device)
+                amplitude = torch.ones(1, real.shape[1], 1, 1, device=device)
             else:
-                amplitude = 0.1 * float(F.mse_loss(reconstruction_previous, real).sqrt())
+                error = self._per_image_mean((reconstruction_previous - real) ** 2).sqrt()
+                amplitude = (0.1 * error).repeat_interleave(3)[None, :, None, None]
         reconstruction_noise = self.reconstruction_noise if scale == 0 else torch.zeros_like(real)
         self.noise_amplitudes.append(amplitude)
         optimizer_g = torch.optim.Adam(scale_generator.parameters(), lr=attack.lr, betas=(0.5, 0.999))
@@ -282,23 +377,30 @@ class TrainedPyramid:
         milestone = [int(0.8 * iterations)]
         schedule_g = torch.optim.lr_scheduler.MultiStepLR(optimizer_g, milestone, 0.1)
         schedule_d = torch.optim.lr_scheduler.MultiStepLR(optimizer_d, milestone, 0.1)
+        # Every loss is summed over the images, so each image's networks get its own loss's gradient.
         for _ in range(iterations):
             with torch.no_grad():
-                previous = self.run(1, generator, scale)
-            noise = amplitude * self._noise(scale, 1, generator)
+                previous = self.run(1, generators, scale)
+            noise = amplitude * self._noise(scale, 1, generators)
             for _ in range(3):
                 fake = scale_generator(noise, previous).detach()
                 real_scores, fake_scores = critic_scores(critic, real, fake)
-                critic_loss = -real_scores.mean() + fake_scores.mean()
-                critic_loss = critic_loss + attack.gp_weight * gradient_penalty(critic, real, fake, generator)
+                critic_loss = (self._per_image_mean(fake_scores) - self._per_image_mean(real_scores)).sum()
+                rho = torch.cat([torch.rand(1, 1, generator=generator) for generator in generators], dim=1)
+                critic_loss = critic_loss + attack.gp_weight * stacked_gradient_penalty(
+                    critic, real, fake, rho.to(device)
+                )
                 optimizer_d.zero_grad()
                 critic_loss.backward()
                 optimizer_d.step()
             for _ in range(3):
                 fake = scale_generator(noise, previous)
                 reconstruction = scale_generator(amplitude * reconstruction_noise, reconstruction_previous)
-                loss = -critic_scores(critic, real, fake)[1].mean() + attack.alpha * F.mse_loss(reconstruction, real)
-                loss = loss + attack.tau * attack.classification_loss(fake.clamp(0, 1), criterion)
+                adversarial = -self._per_image_mean(critic_scores(critic, real, fake)[1])
+                fidelity = attack.alpha * self._per_image_mean((reconstruction - real) ** 2)
+                loss = (adversarial + fidelity).sum() + attack.tau * attack.classification_loss(
+                    fake.clamp(0, 1), criterion, self.count
+                )
                 optimizer_g.zero_grad()
                 loss.backward()
                 optimizer_g.step()
@@ -311,12 +413,14 @@ class TrainedPyramid:
 
     @torch.no_grad()
     def sample(
-        self, count: int, criterion: Criterion, generator: torch.Generator, draws_per_sample: int
+        self, samples: int, criterion: Criterion, generators: list[torch.Generator], draws_per_sample: int
     ) -> torch.Tensor:
-        """`count` samples at the finest scale, preferring draws whose 8-bit rounding is adversarial."""
+        """`samples` samples of each image at the finest scale, (B, samples, 3, H, W), preferring draws
+        whose 8-bit rounding is adversarial."""
         size = self.attack.model.input_size
-        draws = quantize(self.run(count * draws_per_sample, generator, len(self.reals)).clamp(0, 1))
-        logits = self.attack.model(_resize(draws, (size, size)))
-        repeated = criterion.select(torch.zeros(len(draws), dtype=torch.long))
-        order = torch.argsort((~repeated.is_adversarial(logits)).float(), stable=True)
-        return draws[order[:count]]
+        draws = _by_image(quantize(self.run(samples * draws_per_sample, generators, len(self.reals))), self.count)
+        flat = draws.flatten(0, 1)
+        rows = torch.arange(self.count, device=flat.device).repeat_interleave(draws.shape[1])
+        adversarial = criterion.select(rows).is_adversarial(self.attack.model(_resize(flat, (size, size))))
+        order = torch.argsort((~adversarial.view(self.count, -1)).float(), dim=1, stable=True)
+        return torch.stack([image_draws[image_order[:samples]] for image_draws, image_order in zip(draws, order)])

@@ -1,0 +1,82 @@
+"""The paper's GAN attack (iwda): B images' pyramids trained at once, each as if alone."""
+
+from __future__ import annotations
+
+import torch
+
+from iwdctl.attacks import make_attack
+from iwdctl.attacks.iwda import (
+    PatchCritic,
+    ScaleGenerator,
+    gradient_penalty,
+    stack_by_image,
+    stacked_gradient_penalty,
+)
+from iwdctl.criteria import Misclassification
+
+
+def _side_by_side(images: torch.Tensor) -> torch.Tensor:  # (B, N, 3, H, W) -> (N, B x 3, H, W)
+    return images.transpose(0, 1).flatten(1, 2)
+
+
+def test_stacked_networks_compute_each_images_own_output_and_gradient():
+    torch.manual_seed(0)
+    generators = [ScaleGenerator(8) for _ in range(3)]
+    critics = [PatchCritic(8) for _ in range(3)]
+    stacked_generator, stacked_critic = ScaleGenerator.stacked(generators), PatchCritic.stacked(critics)
+    noise, previous = torch.randn(3, 2, 3, 20, 20), torch.rand(3, 2, 3, 20, 20)  # 3 images, 2 samples each
+    # Training mode: BatchNorm normalises by each image's own statistics, as in separate networks.
+    stacked_scores = stacked_critic(stacked_generator(_side_by_side(noise), _side_by_side(previous)))
+    stacked_scores.square().sum().backward()
+    for image, (generator, critic) in enumerate(zip(generators, critics)):
+        scores = critic(generator(noise[image], previous[image]))
+        assert torch.allclose(stacked_scores[:, image : image + 1], scores, atol=1e-5)
+        scores.square().sum().backward()
+        for own, stacked in ((generator, stacked_generator), (critic, stacked_critic)):
+            first_conv_gradient = stacked.body[0][0].weight.grad.unflatten(0, (3, -1))[image]
+            assert torch.allclose(first_conv_gradient, own.body[0][0].weight.grad, atol=1e-4, rtol=1e-4)
+    # A mistake in the layout (images mixed up) would not pass: the networks differ.
+    assert not torch.allclose(stacked_scores[:, 0], stacked_scores[:, 1], atol=1e-2)
+
+
+def test_stack_by_image_refuses_an_unknown_layer():
+    import pytest
+
+    with pytest.raises(TypeError):
+        stack_by_image([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)])
+
+
+def test_stacked_gradient_penalty_is_the_sum_of_each_images_own():
+    torch.manual_seed(1)
+    critics = [PatchCritic(8) for _ in range(2)]
+    real, fake = torch.rand(2, 1, 3, 16, 16), torch.rand(2, 1, 3, 16, 16)
+    rho = torch.rand(1, 2)
+    stacked = stacked_gradient_penalty(PatchCritic.stacked(critics), _side_by_side(real), _side_by_side(fake), rho)
+    separate = sum(
+        stacked_gradient_penalty(critic, real[image], fake[image], rho[:, image : image + 1])
+        for image, critic in enumerate(critics)
+    )
+    # IWDD's penalty (one critic) is the same with rho drawn from its generator.
+    own_rho = torch.rand(1, 1, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(
+        gradient_penalty(critics[0], real[0], fake[0], torch.Generator().manual_seed(5)),
+        stacked_gradient_penalty(critics[0], real[0], fake[0], own_rho),
+    )
+    assert torch.allclose(stacked, separate, rtol=1e-5)
+
+
+def test_pyramids_trained_together_match_those_trained_alone(tiny_model, tiny_batch):
+    images, labels = tiny_batch
+    images, labels = images[:3], labels[:3]
+    seeds = [[11, 12], [21, 22], [31, 32]]
+    results = {}
+    for together in (1, 3):
+        attack = make_attack("iwda", tiny_model, preset="quick", steps=2, images_at_once=together)
+        results[together] = attack.sample(images, Misclassification(labels), seeds)
+    difference = (results[1] - results[3]).abs()
+    assert results[3].shape == (3, 2, 3, 32, 32)
+    # Equal up to float rounding (a grouped convolution sums in another order): one 8-bit level at most.
+    assert difference.max() <= 1.01 / 255 and difference.mean() < 2e-3
+    # The samples are each image's own (not another image's, nor x itself).
+    assert (results[3][:, 0] - images).abs().mean() > 1e-3
+    assert (results[3][0] - results[3][1]).abs().mean() > 0.05
