@@ -10,7 +10,8 @@ directly in this process (ot.dist cityblock / d, then ot.emd2; start-up free), a
 at the default analysis size 64 (3364 patches) and at 128 (14884 patches).
 
     python benchmarks/measure_speed.py [--pairs 3] [--big-pairs 1] [--big-kinds noise,rotation] [--first 600]
-        [--darkest] [--estimate-kinds noise,shift]   # writes benchmarks/results/measure_speed.md
+        [--darkest] [--estimate-kinds noise,shift] [--devices cpu,cuda] [--no-pot]
+        # writes benchmarks/results/measure_speed.md
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import ot
 import torch
 import torchvision.transforms.v2.functional as TF
 
@@ -77,12 +77,17 @@ def make_pairs(folder: Path, count: int, first: int = 600, darkest: bool = False
 
 
 def pot_value(x: torch.Tensor, y: torch.Tensor, stride: int = 1) -> float:
+    import ot  # absent on some GPU machines: --no-pot there
+
     u, v = patches(x.double(), 7, stride).numpy(), patches(y.double(), 7, stride).numpy()
     return float(ot.emd2([], [], ot.dist(u, v, metric="cityblock") / u.shape[1], numItermax=10**8))
 
 
-def compare(folder: Path, size: int, limit: int | None = None) -> tuple[float, float, float, int]:
-    """(POT seconds, iwdctl measure seconds, largest relative difference, pairs) for one kind folder."""
+def compare(
+    folder: Path, size: int, limit: int | None, devices: list[str], pot: bool
+) -> tuple[float | None, dict[str, float], float, int]:
+    """(POT seconds or None, iwdctl measure seconds per device, largest relative difference to POT, or
+    between the devices without POT, pairs) for one kind folder."""
     names = sorted((folder / "orig").glob("*.png"))[:limit]
     if limit is not None:
         (folder / f"subset{size}").mkdir(exist_ok=True)
@@ -93,20 +98,30 @@ def compare(folder: Path, size: int, limit: int | None = None) -> tuple[float, f
                 if not target.exists():
                     target.symlink_to(folder / side / name.name)
         folder = folder / f"subset{size}"
-    pot: dict[str, float] = {}
-    start = time.perf_counter()
-    for name in names:
-        pair = analysis_view(torch.stack([load_image(name), load_image(folder / "adv" / name.name)]).double(), size)
-        pot[name.name] = pot_value(pair[0], pair[1])
-    pot_seconds = time.perf_counter() - start
-    command = ["iwdctl", "measure", str(folder / "orig"), str(folder / "adv"), "--size", str(size)]
-    start = time.perf_counter()
-    subprocess.run([*command, "--json", str(folder / f"r{size}.json"), "-q"], check=True, capture_output=True)
-    ours_seconds = time.perf_counter() - start
-    report = json.loads((folder / f"r{size}.json").read_text())
-    worst = max(abs(p["iwd"] - pot[Path(p["orig"]).name]) / pot[Path(p["orig"]).name] for p in report["pairs"])
-    assert all(p["iwd_exact"] for p in report["pairs"])
-    return pot_seconds, ours_seconds, worst, len(names)
+    reference: dict[str, float] = {}
+    pot_seconds = None
+    if pot:
+        start = time.perf_counter()
+        for name in names:
+            pair = analysis_view(torch.stack([load_image(name), load_image(folder / "adv" / name.name)]).double(), size)
+            reference[name.name] = pot_value(pair[0], pair[1])
+        pot_seconds = time.perf_counter() - start
+    seconds: dict[str, float] = {}
+    worst = 0.0
+    for device in devices:
+        report_path = folder / f"r{size}_{device}.json"
+        command = ["iwdctl", "measure", str(folder / "orig"), str(folder / "adv"), "--size", str(size)]
+        start = time.perf_counter()
+        subprocess.run(
+            [*command, "--device", device, "--json", str(report_path), "-q"], check=True, capture_output=True
+        )
+        seconds[device] = time.perf_counter() - start
+        pairs = json.loads(report_path.read_text())["pairs"]
+        assert all(pair["iwd_exact"] for pair in pairs)
+        values = {Path(pair["orig"]).name: pair["iwd"] for pair in pairs}
+        reference = reference or values
+        worst = max(worst, *(abs(values[name] - reference[name]) / reference[name] for name in values))
+    return pot_seconds, seconds, worst, len(names)
 
 
 def main() -> None:
@@ -119,7 +134,10 @@ def main() -> None:
     parser.add_argument("--results", default="measure_speed.md", help="results file name")
     parser.add_argument("--darkest", action="store_true", help="the darkest photos from --first on")
     parser.add_argument("--estimate-kinds", default=",".join(KINDS), help="kinds for the 224 px estimate ('' skips)")
+    parser.add_argument("--devices", default="cpu", help="iwdctl measure --device values, e.g. cpu,cuda")
+    parser.add_argument("--no-pot", action="store_true", help="without POT (compare the devices with each other)")
     arguments = parser.parse_args()
+    devices = arguments.devices.split(",")
     kinds = arguments.kinds.split(",")
     lines = [header("Exact IWD against POT, per kind of pair"), __doc__.split("\n\n")[1].replace("\n", " ") + "\n"]
     with tempfile.TemporaryDirectory() as temporary:
@@ -131,17 +149,22 @@ def main() -> None:
         ):
             if count == 0:
                 continue
+            against = "POT" if not arguments.no_pot else f"iwdctl on {devices[0]}"
             lines += [
                 f"\n## Analysis size {size} ({(size - 6) ** 2} patches), exact, {count} pairs per kind\n",
-                "| kind | POT s / pair | iwdctl measure s / pair (whole process) | pairs/s POT | pairs/s iwdctl | speed-up | largest relative difference |",
-                "| --- | --- | --- | --- | --- | --- | --- |",
+                "| kind | POT s / pair | "
+                + " | ".join(f"iwdctl --device {device} s / pair (whole process) | speed-up" for device in devices)
+                + f" | pairs/s ({devices[-1]}) | largest relative difference to {against} |",
+                "| --- | --- | " + " | ".join("--- | ---" for _ in devices) + " | --- | --- |",
             ]
             for kind in size_kinds:
-                pot_seconds, ours_seconds, worst, pairs = compare(folder / kind, size, count)
-                lines.append(
-                    f"| {kind} | {pot_seconds / pairs:.2f} | {ours_seconds / pairs:.2f} | {pairs / pot_seconds:.3f} | "
-                    f"{pairs / ours_seconds:.3f} | **{pot_seconds / ours_seconds:.1f}x** | {worst:.1e} |"
+                pot_seconds, seconds, worst, pairs = compare(folder / kind, size, count, devices, not arguments.no_pot)
+                baseline = pot_seconds if pot_seconds is not None else seconds[devices[0]]
+                cells = " | ".join(
+                    f"{seconds[device] / pairs:.2f} | **{baseline / seconds[device]:.1f}x**" for device in devices
                 )
+                pot_cell = f"{pot_seconds / pairs:.2f}" if pot_seconds is not None else "not run"
+                lines.append(f"| {kind} | {pot_cell} | {cells} | {pairs / seconds[devices[-1]]:.3f} | {worst:.1e} |")
                 print(lines[-1], flush=True)
                 write_results(arguments.results, "\n".join(lines) + "\n")
 
@@ -166,11 +189,12 @@ def main() -> None:
                 f"{(estimate - exact) / exact:+.1e} | {bound:.1e} |"
             )
             print(lines[-1], flush=True)
-    lines.append(
-        "\nNo GPU rows: this machine has none. On a GPU, `iwdctl measure --device cuda` computes analysis views "
-        "and cost matrices there (torch), and the estimate's Sinkhorn passes; the native-resolution figures "
-        "(224 px, stride 1, 47,524 patches) are owed to a GPU run."
-    )
+    if "cuda" not in devices:
+        lines.append(
+            "\nNo GPU rows in this run. On a GPU, `iwdctl measure --device cuda` computes analysis views "
+            "and cost matrices there (torch), and the estimate's Sinkhorn passes; the native-resolution "
+            "figures (224 px, stride 1, 47,524 patches) come from `benchmarks/estimate_native.py`."
+        )
     path = write_results(arguments.results, "\n".join(lines) + "\n")
     print(path.read_text())
 
