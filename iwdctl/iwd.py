@@ -469,12 +469,15 @@ def estimate_iwd(
     f = torch.zeros(len(u), device=u.device)
     g = torch.zeros(len(v), device=u.device)
     eps = largest
-    lower = upper = 0.0
+    # Every check's bracket is valid, so the estimate keeps the best ends seen: at small epsilon the
+    # rounded plan of a moved pair can be worse than an earlier one.
+    lower, upper = 0.0, math.inf
     for iteration in range(1, MAX_PASSES + 1):
         f, g = _sinkhorn_pass(cost, f, g, eps)
         eps = max(floor, eps * 0.7)
         if eps < 0.1 * nearest and (iteration % 5 == 0 or iteration == MAX_PASSES):
-            lower, upper = _bracket(cost, f, g, eps)
+            checked_lower, checked_upper = _bracket(cost, f, g, eps)
+            lower, upper = max(lower, checked_lower), min(upper, checked_upper)
             if upper - lower <= 2 * tolerance * max(lower, 1e-12):
                 break
     middle = (lower + upper) / 2
