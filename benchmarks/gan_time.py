@@ -51,7 +51,7 @@ def main() -> None:
         raise SystemExit(f"{SHARED / 'nips17' / 'images'}: fewer than {max(counts)} photos")
     images = torch.stack([preprocess(load_image(file), model.input_size) for file in files])
     with torch.no_grad():
-        labels = model(images.to(device)).argmax(dim=1).cpu()
+        labels = model(images.to(device)).argmax(dim=1)  # criteria live on the model's device
     preset = PRESETS[arguments.preset]
     scales = len(pyramid_sizes(model.input_size, model.input_size))
     trained = scales if preset.scales is None else min(scales, preset.scales)

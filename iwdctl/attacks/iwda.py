@@ -62,7 +62,7 @@ def stack_by_image(copies: Sequence[nn.Module]) -> nn.Module:
     statistics are then each image's own, as in B separate networks; Adam is elementwise."""
     first, count = copies[0], len(copies)
     if isinstance(first, nn.Sequential):
-        return nn.Sequential(*(stack_by_image([copy[i] for copy in copies]) for i in range(len(first))))
+        return nn.Sequential(*(stack_by_image([each[i] for each in copies]) for i in range(len(first))))
     if isinstance(first, nn.Conv2d):
         stacked: nn.Module = nn.Conv2d(
             first.in_channels * count,
@@ -82,7 +82,7 @@ def stack_by_image(copies: Sequence[nn.Module]) -> nn.Module:
     with torch.no_grad():
         for name, tensor in [*stacked.named_parameters(), *stacked.named_buffers()]:
             if tensor.dim():  # not BatchNorm's scalar batch counter
-                tensor.copy_(torch.cat([getattr(copy, name) for copy in copies]))
+                tensor.copy_(torch.cat([getattr(each, name) for each in copies]))
     return stacked
 
 
