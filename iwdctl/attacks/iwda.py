@@ -25,8 +25,11 @@ GPU_IMAGES_AT_ONCE = 16
 
 @dataclass(frozen=True)
 class Preset:
-    """A training schedule. `scales` None trains every scale from --start-scale, else the finest few;
-    `max_channels` caps the channel count (the paper's 128 at the finest scales costs 16x the 32)."""
+    """A training schedule. `scales` None trains every scale from --start-scale, else the finest few,
+    with x injected below them, and never at scale 0 when there are more: a few hundred iterations do
+    not learn an image from noise (on tiny6's 2-scale pyramids the `cpu` preset from scale 0 drew
+    coloured noise, not the scene); `max_channels` caps the channel count (the paper's 128 at the
+    finest scales costs 16x the 32)."""
 
     iterations: int
     scales: int | None
@@ -254,7 +257,9 @@ class IWDA(Attack):
             if not 0 <= self.start_scale < count:
                 raise InputError(f"--start-scale must be in 0..{count - 1} for this image's {count} scales")
             return self.start_scale
-        return 0 if self.preset.scales is None else max(0, count - self.preset.scales)
+        if self.preset.scales is None or count == 1:
+            return 0
+        return max(1, count - self.preset.scales)
 
     def classification_loss(self, stacked: torch.Tensor, criterion: Criterion, count: int) -> torch.Tensor:
         """L_c of `count` images' samples (N, B x 3, H, W) resized to the classifier's input, bounded by
