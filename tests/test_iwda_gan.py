@@ -71,7 +71,7 @@ def test_pyramids_trained_together_match_those_trained_alone(tiny_model, tiny_ba
     seeds = [[11, 12], [21, 22], [31, 32]]
     results = {}
     for together in (1, 3):
-        attack = make_attack("iwda", tiny_model, preset="quick", steps=2, images_at_once=together)
+        attack = make_attack("iwda", tiny_model, preset="quick", steps=2, start_scale=0, images_at_once=together)
         results[together] = attack.sample(images, Misclassification(labels), seeds)
     difference = (results[1] - results[3]).abs()
     assert results[3].shape == (3, 2, 3, 32, 32)
@@ -80,3 +80,9 @@ def test_pyramids_trained_together_match_those_trained_alone(tiny_model, tiny_ba
     # The samples are each image's own (not another image's, nor x itself).
     assert (results[3][:, 0] - images).abs().mean() > 1e-3
     assert (results[3][0] - results[3][1]).abs().mean() > 0.05
+
+
+def test_partial_presets_inject_x_above_scale_zero(tiny_model):
+    # A preset that trains only the finest scales never draws a multi-scale image from noise.
+    for preset, scales, first in (("cpu", 2, 1), ("quick", 9, 7), ("cpu", 1, 0), ("paper", 2, 0)):
+        assert make_attack("iwda", tiny_model, preset=preset)._first_scale(scales) == first
