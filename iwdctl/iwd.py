@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from iwdctl.assignment import (
+    auction,
     min_cost_assignment,
     min_cost_assignment_within,
     shortest_paths_finish,
@@ -504,8 +505,10 @@ def iwd_pair(
     """IWD of one pair (3, H, W), tensors or NumPy arrays, at full resolution; `approx` None: exact up
     to EXACT_LIMIT patches.
 
-    On a GPU `device` (default: CUDA when present) holds the analysis view and the cost matrices; the
-    exact assignment runs on the CPU. On the CPU the exact value is computed from NumPy arrays.
+    On a GPU `device` (default: CUDA when present) holds the entropic estimate's cost blocks. The
+    exact value is computed from NumPy arrays on the CPU wherever the numba kernels are present: on an
+    H200 host that route took 1.0-1.3 s per 64 px pair and the matrix built on the GPU 3.2-4.0 s
+    (`benchmarks/results/measure_speed_cuda.md`); without them the GPU builds the matrix.
     """
     check_pair(x, y, patch)
     target = device_name(None if device is None else str(device))
@@ -517,7 +520,7 @@ def iwd_pair(
             "raise --stride, lower --size or use --approx"
         )
     # Resized in float64, so that the value does not depend on the input's precision.
-    if exact and target == "cpu":
+    if exact and (target == "cpu" or auction is not None):
         pair = analysis_array(np.stack([as_array(x, np.float64), as_array(y, np.float64)]), size)
         return IWDValue(exact_iwd(pair[0], pair[1], patch, stride, threads), True, count)
     import torch

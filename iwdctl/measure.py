@@ -64,7 +64,7 @@ class MeasureSettings:
     size: int = 64
     approx: bool | None = None
     resize: bool = False
-    device: str | None = None  # where IWD's analysis views and cost matrices are computed (default: CUDA when present)
+    device: str | None = None  # where IWD's estimate runs, and exact values without numba (default: CUDA when present)
 
 
 def _keyed_images(root: Path) -> dict[str, Path]:
