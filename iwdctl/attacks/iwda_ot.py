@@ -44,10 +44,14 @@ class IWDAOT(PatchDistributionAttack):
     several times PGD's at 8/255) while its patches stay x's, and K samples are K different
     re-arrangements. `moves` = 0 starts sample 0 from x itself (a small perturbation) and further
     samples from x shifted by up to `shift` pixels. Loop and stopping rule are
-    PatchDistributionAttack's; tau doubles every 50 steps while an image is not adversarial, so
-    robust models are fooled too.
-    Defaults: tau = 0.1, kappa = 1.0, steps = 500, lr = 0.5/255, patch = 7, size = 64, rematch = 10,
-    shift = 6, escalate = 2 every 50 steps, loader_views = True, moves = 4.
+    PatchDistributionAttack's; tau and the step size double every 50 steps while an image is not
+    adversarial (the step size up to 0.5/255), so robust models are fooled too, and 20 steps after
+    the first adversarial rounding descend IWD alone (`polish`). On 20 nips17 photos against lite0
+    the fine first steps and the polish took the mean IWD from 0.0037 to 0.0031 untargeted and from
+    0.0054 to 0.0038 targeted (PGD: 0.0048).
+    Defaults: tau = 0.1, kappa = 1.0, steps = 500, lr = 0.125/255 growing to max_lr = 0.5/255,
+    patch = 7, size = 64, rematch = 10, shift = 6, escalate = 2 every 50 steps, loader_views = True,
+    moves = 4, polish = 20.
     """
 
     name = "iwda-ot"
@@ -58,7 +62,7 @@ class IWDAOT(PatchDistributionAttack):
         tau: float = 0.1,
         kappa: float = 1.0,
         steps: int = 500,
-        lr: float = 0.5 / 255,
+        lr: float = 0.125 / 255,
         patch: int = 7,
         size: int = 64,
         rematch: int = 10,
@@ -67,8 +71,12 @@ class IWDAOT(PatchDistributionAttack):
         escalate_every: int = 50,
         loader_views: bool = True,
         moves: int = 4,
+        polish: int = 20,
+        max_lr: float = 0.5 / 255,
     ) -> None:
-        super().__init__(model, tau, kappa, steps, lr, patch, shift, escalate, escalate_every, loader_views)
+        super().__init__(
+            model, tau, kappa, steps, lr, patch, shift, escalate, escalate_every, loader_views, polish, max_lr
+        )
         if moves < 0:
             raise InputError(f"moves must be at least 0, not {moves}")
         self.size, self.rematch, self.moves = size, rematch, moves

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from iwdctl.attacks.base import Attack, ImageJob
 from iwdctl.criteria import Criterion, concatenate
+from iwdctl.errors import InputError
 from iwdctl.images import quantize
 from iwdctl.models import ImageClassifier
 
@@ -37,22 +38,30 @@ class _Row:
     criterion: Criterion
     state: Any  # the subclass's per-image state of the patch loss
     tau: float
+    lr: float
     step: int = 0  # optimizer steps taken
+    best: torch.Tensor | None = None  # the verified adversarial rounding of least patch loss so far
+    best_loss: float = float("inf")
+    polished: int = 0  # optimizer steps taken since the first verified adversarial rounding
 
 
 class PatchDistributionAttack(Attack):
     """x~ optimized (Adam) for tau * L_c(h(x~)) + D(x, x~), D a patch-distribution distance given by
     the subclass, L_c = max(-margin, -kappa) a margin loss of the criterion.
 
-    Each image stops as soon as its 8-bit rounding is adversarial with a logit margin of at least
-    `kappa` under the model's own preprocessing and, with `loader_views`, under every other common
-    way of loading the saved PNG into the same network (see iwdctl.models.LoaderView). An image not
-    yet adversarial has its tau multiplied by `escalate` every `escalate_every` steps (0: never), so
-    robust models, which need large changes, are fooled too. With `sample` and K > 1, sample 0 starts
+    An 8-bit rounding counts as adversarial when its logit margin is at least `kappa` under the
+    model's own preprocessing and, with `loader_views`, under every other common way of loading the
+    saved PNG into the same network (see iwdctl.models.LoaderView). Each image stops `polish` steps
+    after its first adversarial rounding and returns the adversarial rounding of least D seen (as
+    C&W and DDN keep lowering the distance once the boundary is crossed: the margin term's gradient
+    vanishes above `kappa`, so those steps descend D alone until the margin falls back). An image not
+    yet adversarial has its tau multiplied by `escalate` every `escalate_every` steps (0: never), and
+    its Adam step size too, up to `max_lr`, so robust models, which need large changes, are fooled
+    too while the others take fine steps. With `sample` and K > 1, sample 0 starts
     from x and the others from x translated by up to `shift` pixels (reflected at the border) plus
     uniform noise of `start_noise`: diverse examples of the same scene.
 
-    Rows run independently (each with its own step count, tau and Adam moments), so `stream` refills
+    Rows run independently (each with its own step count, tau, step size and Adam moments), so `stream` refills
     the row of a finished image with the next image at once: every step carries a full batch, and an
     image's result does not depend on which images shared its steps.
     """
@@ -72,8 +81,14 @@ class PatchDistributionAttack(Attack):
         escalate: float,
         escalate_every: int,
         loader_views: bool,
+        polish: int = 0,
+        max_lr: float | None = None,
     ) -> None:
         super().__init__(model)
+        self.max_lr = lr if max_lr is None else max_lr
+        if polish < 0:
+            raise InputError(f"polish must be at least 0, not {polish}")
+        self.polish = polish
         self.tau, self.kappa, self.steps, self.lr = tau, kappa, steps, lr
         self.patch, self.shift = patch, shift
         self.escalate, self.escalate_every = escalate, escalate_every
@@ -188,7 +203,7 @@ class PatchDistributionAttack(Attack):
             if admitted:
                 starts = self.starts(admitted)
                 live += [
-                    _Row(spec.tag, spec.criterion, self.admit(spec.image, spec.generator), self.tau)
+                    _Row(spec.tag, spec.criterion, self.admit(spec.image, spec.generator), self.tau, self.lr)
                     for spec in admitted
                 ]
                 variable = torch.cat([variable, starts]) if len(variable) else starts
@@ -198,8 +213,9 @@ class PatchDistributionAttack(Attack):
             if not live:
                 return
             for row in live:
-                if self.escalate_every and row.step and row.step % self.escalate_every == 0:
+                if self.escalate_every and row.step and row.step % self.escalate_every == 0 and row.best is None:
                     row.tau *= self.escalate  # not adversarial yet after another escalate_every steps
+                    row.lr = min(row.lr * self.escalate, self.max_lr)
             variable.requires_grad_(True)
             candidate = variable.clamp(0, 1)
             criterion = concatenate([row.criterion for row in live])
@@ -210,29 +226,65 @@ class PatchDistributionAttack(Attack):
                 if finished.any():
                     checked = finished.nonzero()[:, 0]
                     finished[checked] = self._margin(rounded[checked], criterion.select(checked)) >= self.kappa
-                spent = torch.tensor([row.step >= self.steps for row in live], device=self.device)
-                done = (finished | spent).tolist()
-            results = [(row.tag, rounded[index]) for index, row in enumerate(live) if done[index]]
+                finished_rows = finished.tolist()
+            spent = [row.step >= self.steps for row in live]
+            # D steps the rows that go on and, while polishing, ranks the adversarial roundings.
+            scored = [
+                index
+                for index in range(len(live))
+                if (not spent[index] or finished_rows[index]) and not (finished_rows[index] and not self.polish)
+            ]
+            distances = (
+                self.patch_loss(
+                    candidate[scored], [live[index].state for index in scored], [live[index].step for index in scored]
+                )
+                if scored
+                else candidate.new_zeros(0)
+            )
+            distance_of = dict(zip(scored, distances.detach().tolist()))
+            done = []
+            for index, row in enumerate(live):
+                if finished_rows[index] and (row.best is None or distance_of.get(index, 0.0) < row.best_loss):
+                    row.best, row.best_loss = rounded[index].detach(), distance_of.get(index, 0.0)
+                done.append(spent[index] or (row.best is not None and row.polished >= self.polish))
+            results = [
+                (row.tag, rounded[index] if row.best is None else row.best)
+                for index, row in enumerate(live)
+                if done[index]
+            ]
             keep = torch.tensor([not value for value in done], device=self.device)
             kept = keep.nonzero()[:, 0]
             if len(kept):
                 rows = [live[index] for index in kept.tolist()]
                 tau = torch.tensor([row.tau for row in rows], device=self.device)
+                position = {index: place for place, index in enumerate(scored)}
                 loss = tau * torch.clamp(-margin[kept], min=-self.kappa)
-                loss = loss + self.patch_loss(candidate[kept], [row.state for row in rows], [row.step for row in rows])
+                loss = loss + distances[[position[index] for index in kept.tolist()]]
                 (gradient,) = torch.autograd.grad(loss.sum(), variable)
                 with torch.no_grad():
                     # Adam (torch.optim.Adam's arithmetic) with a step count per row.
                     gradient = gradient[kept]
-                    steps = torch.tensor([row.step + 1 for row in rows], dtype=torch.float64)
+                    # Polishing restarts Adam: the margin's large gradients would otherwise scale
+                    # D's steps down (second moment) and keep pushing along the margin (first moment).
+                    polishing = [row.best is not None for row in rows]
+                    steps = torch.tensor(
+                        [row.polished + 1 if busy else row.step + 1 for row, busy in zip(rows, polishing)],
+                        dtype=torch.float64,
+                    )
+                    restart = torch.tensor(
+                        [busy and row.polished == 0 for row, busy in zip(rows, polishing)], device=self.device
+                    )[:, None, None, None]
                     correction1 = (1 - beta1**steps).float().to(self.device)[:, None, None, None]
                     correction2 = (1 - beta2**steps).sqrt().float().to(self.device)[:, None, None, None]
-                    exp_avg = exp_avg[kept].lerp(gradient, 1 - beta1)
-                    exp_avg_sq = exp_avg_sq[kept].mul(beta2).addcmul(gradient, gradient, value=1 - beta2)
+                    exp_avg = exp_avg[kept].masked_fill(restart, 0).lerp(gradient, 1 - beta1)
+                    exp_avg_sq = exp_avg_sq[kept].masked_fill(restart, 0).mul(beta2)
+                    exp_avg_sq = exp_avg_sq.addcmul(gradient, gradient, value=1 - beta2)
                     denominator = (exp_avg_sq.sqrt() / correction2).add(ADAM_EPS)
-                    variable = variable.detach()[kept] - self.lr / correction1 * exp_avg / denominator
+                    lr = torch.tensor([row.lr for row in rows], device=self.device)[:, None, None, None]
+                    variable = variable.detach()[kept] - lr / correction1 * exp_avg / denominator
                 for row in rows:
                     row.step += 1
+                    row.polished += row.best is not None
                 live = rows
             else:
                 live = []
