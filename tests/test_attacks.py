@@ -142,7 +142,7 @@ def test_polishing_lowers_iwd_and_keeps_every_image_adversarial(tiny_model, tiny
     seeds = list(range(len(images)))
     options = {**FAST_OPTIONS["iwda-ot"], "loader_views": False}
     first = IWDAOT(tiny_model, **options, polish=0)(images, criterion, seeds)
-    polished = IWDAOT(tiny_model, **options)(images, criterion, seeds)  # polish: 20 steps
+    polished = IWDAOT(tiny_model, **options)(images, criterion, seeds)  # polish: 10 steps
     with torch.no_grad():
         assert (criterion.margin(tiny_model(polished)) >= 1.0).all()
     before = torch.tensor([exact_iwd(a, b) for a, b in zip(first, images)])

@@ -52,18 +52,18 @@ class PatchDistributionAttack(Attack):
     An 8-bit rounding counts as adversarial when its logit margin is at least `kappa` under the
     model's own preprocessing and, with `loader_views`, under every other common way of loading the
     saved PNG into the same network (see iwdctl.models.LoaderView). Each image stops `polish` steps
-    after its first adversarial rounding and returns the adversarial rounding of least D seen (as
-    C&W and DDN keep lowering the distance once the boundary is crossed: the margin term's gradient
-    vanishes above `kappa`, so those steps descend D alone until the margin falls back). An image not
-    yet adversarial has its tau multiplied by `escalate` every `escalate_every` steps (0: never), and
-    its Adam step size too, up to `max_lr`, so robust models, which need large changes, are fooled
-    too while the others take fine steps. With `sample` and K > 1, sample 0 starts
-    from x and the others from x translated by up to `shift` pixels (reflected at the border) plus
-    uniform noise of `start_noise`: diverse examples of the same scene.
+    after its first adversarial rounding and returns the adversarial rounding whose step had the
+    least D, as C&W and DDN keep lowering the distance once the boundary is crossed: the margin
+    term's gradient vanishes above `kappa`, so those steps descend D alone until the margin falls
+    back. An image not yet adversarial has its tau multiplied by `escalate` every `escalate_every`
+    steps (0: never), and its Adam step size too, up to `max_lr`, so robust models, which need large
+    changes, are fooled too while the others take fine steps. With `sample` and K > 1, sample 0
+    starts from x and the others from x translated by up to `shift` pixels (reflected at the border)
+    plus uniform noise of `start_noise`: diverse examples of the same scene.
 
-    Rows run independently (each with its own step count, tau, step size and Adam moments), so `stream` refills
-    the row of a finished image with the next image at once: every step carries a full batch, and an
-    image's result does not depend on which images shared its steps.
+    Rows run independently (each with its own step count, tau, step size and Adam moments), so
+    `stream` refills the row of a finished image with the next image at once: every step carries a
+    full batch, and an image's result does not depend on which images shared its steps.
     """
 
     distance = "iwd"
@@ -232,7 +232,7 @@ class PatchDistributionAttack(Attack):
             scored = [
                 index
                 for index in range(len(live))
-                if (not spent[index] or finished_rows[index]) and not (finished_rows[index] and not self.polish)
+                if (finished_rows[index] and self.polish) or not (spent[index] or finished_rows[index])
             ]
             distances = (
                 self.patch_loss(
