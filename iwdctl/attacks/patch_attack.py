@@ -85,11 +85,11 @@ class PatchDistributionAttack(Attack):
         max_lr: float | None = None,
     ) -> None:
         super().__init__(model)
-        self.max_lr = lr if max_lr is None else max_lr
         if polish < 0:
             raise InputError(f"polish must be at least 0, not {polish}")
-        self.polish = polish
         self.tau, self.kappa, self.steps, self.lr = tau, kappa, steps, lr
+        self.max_lr = lr if max_lr is None else max_lr
+        self.polish = polish
         self.patch, self.shift = patch, shift
         self.escalate, self.escalate_every = escalate, escalate_every
         self.loader_views = loader_views
@@ -266,13 +266,11 @@ class PatchDistributionAttack(Attack):
                     gradient = gradient[kept]
                     # Polishing restarts Adam: the margin's large gradients would otherwise scale
                     # D's steps down (second moment) and keep pushing along the margin (first moment).
-                    polishing = [row.best is not None for row in rows]
                     steps = torch.tensor(
-                        [row.polished + 1 if busy else row.step + 1 for row, busy in zip(rows, polishing)],
-                        dtype=torch.float64,
+                        [row.step + 1 if row.best is None else row.polished + 1 for row in rows], dtype=torch.float64
                     )
                     restart = torch.tensor(
-                        [busy and row.polished == 0 for row, busy in zip(rows, polishing)], device=self.device
+                        [row.best is not None and row.polished == 0 for row in rows], device=self.device
                     )[:, None, None, None]
                     correction1 = (1 - beta1**steps).float().to(self.device)[:, None, None, None]
                     correction2 = (1 - beta2**steps).sqrt().float().to(self.device)[:, None, None, None]
