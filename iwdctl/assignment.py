@@ -58,10 +58,30 @@ REPAIR_SCANS_PER_COLUMN = 20
 CERTIFICATE_TOLERANCE = 1e-13
 # Columns each row keeps from its last full scan (8 halved the scans on shifted and rotated pairs).
 CACHED_CANDIDATES = 8
+# Columns per block of a full scan's vectorised test (a compile-time constant; 64-256 measured alike).
+SCAN_BLOCK = 128
 
 
 def _compile(function):  # type: ignore[no-untyped-def]
     return numba.njit(nogil=True, cache=True)(function) if numba is not None else None
+
+
+def _insert_smallest(values, prices, start, stop, worst, top_values, top_columns):  # type: ignore[no-untyped-def]
+    """Insert the columns in [start, stop) whose value c_j + p_j is below `worst` into the sorted
+    top_values / top_columns (which keep the smallest); returns the new threshold, the largest kept."""
+    width = len(top_values) - 1
+    for column in range(start, stop):
+        value = values[column] + prices[column]
+        if value < worst:
+            position = width
+            while position > 0 and top_values[position - 1] > value:
+                top_values[position] = top_values[position - 1]
+                top_columns[position] = top_columns[position - 1]
+                position -= 1
+            top_values[position] = value
+            top_columns[position] = column
+            worst = min(worst, top_values[width])
+    return worst
 
 
 def _auction(cost, eps_start, eps_end, scaling):  # type: ignore[no-untyped-def]
@@ -71,6 +91,11 @@ def _auction(cost, eps_start, eps_end, scaling):  # type: ignore[no-untyped-def]
     between phases), so after a full scan the row's CACHED_CANDIDATES smallest columns are kept with
     the next smallest value as a bound: no other column can fall below it later. A bid whose best
     two among the cached columns are within the bound is exact without a scan (most bids).
+
+    A full scan tests blocks of SCAN_BLOCK columns for any value below the current threshold (a loop
+    the compiler vectorises) and inserts only from blocks that have one. The threshold starts at the
+    largest current value of the cached columns and the bound's column: those are width + 1 values,
+    so the width + 1 smallest are at most that. Scans do half the work (the same columns result).
     """
     n = cost.shape[0]
     width = min(CACHED_CANDIDATES, n - 1) if n > 1 else 0
@@ -78,10 +103,11 @@ def _auction(cost, eps_start, eps_end, scaling):  # type: ignore[no-untyped-def]
     owner = np.empty(n, dtype=np.int64)
     assigned = np.empty(n, dtype=np.int64)
     waiting = np.empty(n, dtype=np.int64)
-    cached = np.zeros((n, max(width, 1)), dtype=np.int64)
+    cached = np.zeros((n, width + 1), dtype=np.int64)  # the last slot: the bound's column
     bound = np.full(n, -np.inf)  # below any value: the first bid of every row scans
     top_values = np.empty(width + 1)
     top_columns = np.zeros(width + 1, dtype=np.int64)
+    blocked = n - n % SCAN_BLOCK
     eps = eps_start
     while True:
         owner[:] = -1
@@ -108,21 +134,25 @@ def _auction(cost, eps_start, eps_end, scaling):  # type: ignore[no-untyped-def]
                         second = value
             if not second <= bound[row]:
                 # A full scan, keeping the width + 1 smallest values in order.
+                worst = np.inf
+                if bound[row] > -np.inf:
+                    worst = -np.inf
+                    for slot in range(width + 1):
+                        column = cached[row, slot]
+                        worst = max(worst, values[column] + prices[column])
+                    worst = np.nextafter(worst, np.inf)  # the cached columns pass the strict test
                 for slot in range(width + 1):
                     top_values[slot] = np.inf
-                worst = np.inf
-                for column in range(n):
-                    value = values[column] + prices[column]
-                    if value < worst:
-                        position = width
-                        while position > 0 and top_values[position - 1] > value:
-                            top_values[position] = top_values[position - 1]
-                            top_columns[position] = top_columns[position - 1]
-                            position -= 1
-                        top_values[position] = value
-                        top_columns[position] = column
-                        worst = top_values[width]
-                for slot in range(width):
+                for block in range(0, blocked, SCAN_BLOCK):
+                    below = False
+                    for column in range(block, block + SCAN_BLOCK):
+                        below |= values[column] + prices[column] < worst
+                    if below:
+                        worst = _insert_smallest_kernel(
+                            values, prices, block, block + SCAN_BLOCK, worst, top_values, top_columns
+                        )
+                _insert_smallest_kernel(values, prices, blocked, n, worst, top_values, top_columns)
+                for slot in range(width + 1):
                     cached[row, slot] = top_columns[slot]
                 bound[row] = top_values[width]
                 best = top_values[0]
@@ -142,37 +172,52 @@ def _auction(cost, eps_start, eps_end, scaling):  # type: ignore[no-untyped-def]
 
 
 def _row_minima(cost, prices, start, stop, out):  # type: ignore[no-untyped-def]
-    """out[row] = min_j (c_ij + p_j) for the rows in [start, stop)."""
+    """out[row] = min_j (c_ij + p_j) for the rows in [start, stop). Blocks with no value below the
+    smallest so far are skipped by a vectorised test (a plain minimum does not vectorise)."""
     n = cost.shape[1]
+    blocked = n - n % SCAN_BLOCK
     for row in range(start, stop):
         values = cost[row]
         smallest = np.inf
-        for column in range(n):
+        for block in range(0, blocked, SCAN_BLOCK):
+            below = False
+            for column in range(block, block + SCAN_BLOCK):
+                below |= values[column] + prices[column] < smallest
+            if below:
+                for column in range(block, block + SCAN_BLOCK):
+                    smallest = min(smallest, values[column] + prices[column])
+        for column in range(blocked, n):
             smallest = min(smallest, values[column] + prices[column])
         out[row] = smallest
 
 
 def _edges_below(cost, row_duals, column_duals, absolute, relative, start, stop):  # type: ignore[no-untyped-def]
     """(rows, columns) of the entries with c_ij - u_i - v_j <= absolute + relative * c_ij, for the
-    rows in [start, stop), row by row."""
+    rows in [start, stop), row by row. A vectorised test skips the blocks that hold none."""
     n = cost.shape[1]
+    blocked = n - n % SCAN_BLOCK
+    rows = np.empty(4 * (stop - start) + 16, dtype=np.int64)
+    columns = np.empty_like(rows)
     count = 0
     for row in range(start, stop):
         values = cost[row]
-        for column in range(n):
-            if values[column] - row_duals[row] - column_duals[column] <= absolute + relative * values[column]:
-                count += 1
-    rows = np.empty(count, dtype=np.int64)
-    columns = np.empty(count, dtype=np.int64)
-    index = 0
-    for row in range(start, stop):
-        values = cost[row]
-        for column in range(n):
-            if values[column] - row_duals[row] - column_duals[column] <= absolute + relative * values[column]:
-                rows[index] = row
-                columns[index] = column
-                index += 1
-    return rows, columns
+        for block in range(0, blocked + SCAN_BLOCK, SCAN_BLOCK):
+            end = min(block + SCAN_BLOCK, n)
+            if block < blocked:
+                found = False
+                for column in range(block, block + SCAN_BLOCK):
+                    found |= values[column] - row_duals[row] - column_duals[column] <= absolute + relative * values[column]
+                if not found:
+                    continue
+            for column in range(block, end):
+                if values[column] - row_duals[row] - column_duals[column] <= absolute + relative * values[column]:
+                    if count == len(rows):
+                        rows = np.concatenate((rows, np.empty_like(rows)))
+                        columns = np.concatenate((columns, np.empty_like(columns)))
+                    rows[count] = row
+                    columns[count] = column
+                    count += 1
+    return rows[:count].copy(), columns[:count].copy()
 
 
 def _cancel_and_repair(count, indptr, indices, costs, matched, column_duals, tolerance, scans):  # type: ignore[no-untyped-def]
@@ -386,6 +431,7 @@ def _shortest_paths_finish(count, indptr, indices, costs, column_duals, hint):  
     return matched, v
 
 
+_insert_smallest_kernel = _compile(_insert_smallest)
 auction = _compile(_auction)
 _row_minima_kernel = _compile(_row_minima)
 _edges_below_kernel = _compile(_edges_below)
