@@ -201,16 +201,17 @@ def _edges_below(cost, row_duals, column_duals, absolute, relative, start, stop)
     count = 0
     for row in range(start, stop):
         values = cost[row]
+        dual = row_duals[row]
         for block in range(0, blocked + SCAN_BLOCK, SCAN_BLOCK):
             end = min(block + SCAN_BLOCK, n)
             if block < blocked:
                 found = False
                 for column in range(block, block + SCAN_BLOCK):
-                    found |= values[column] - row_duals[row] - column_duals[column] <= absolute + relative * values[column]
+                    found |= values[column] - dual - column_duals[column] <= absolute + relative * values[column]
                 if not found:
                     continue
             for column in range(block, end):
-                if values[column] - row_duals[row] - column_duals[column] <= absolute + relative * values[column]:
+                if values[column] - dual - column_duals[column] <= absolute + relative * values[column]:
                     if count == len(rows):
                         rows = np.concatenate((rows, np.empty_like(rows)))
                         columns = np.concatenate((columns, np.empty_like(columns)))
