@@ -59,6 +59,7 @@ CERTIFICATE_TOLERANCE = 1e-13
 # Columns each row keeps from its last full scan (8 halved the scans on shifted and rotated pairs).
 CACHED_CANDIDATES = 8
 # Columns per block of a full scan's vectorised test (a compile-time constant; 64-256 measured alike).
+# The test is written out in each kernel: moved into a called function, numba did not vectorise it.
 SCAN_BLOCK = 128
 
 

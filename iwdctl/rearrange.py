@@ -198,12 +198,14 @@ def rearrange(
         far[short, 0] = True
     views = analysis_view(torch.cat([images, moved.flatten(0, 1)]).detach().double(), size).cpu().numpy()
     references, movers = views[: len(images)], views[len(images) :]
-    pending = np.flatnonzero(far)  # candidates (image * candidates + draw) whose IWD decides
+    # An image with one far candidate keeps it; IWD decides among two or more (image * candidates + draw).
+    alone = far & (far.sum(axis=1) == 1)[:, None]
+    pending = np.flatnonzero(far & ~alone)
 
     def distance(index: int) -> float:
         return exact_iwd(references[index // candidates], movers[index], patch)
 
-    distances = np.full(far.shape, np.inf)
-    with single_threaded_blas(), ThreadPoolExecutor(min(cpu_threads(), len(pending))) as pool:
+    distances = np.where(alone, 0.0, np.inf)
+    with single_threaded_blas(), ThreadPoolExecutor(max(1, min(cpu_threads(), len(pending)))) as pool:
         distances.flat[pending] = list(pool.map(distance, pending.tolist()))
     return moved[torch.arange(len(images)), torch.from_numpy(distances.argmin(axis=1))]
