@@ -20,6 +20,7 @@ from iwdctl.iwd import (
     estimate_iwd,
     exact_iwd,
     iwd,
+    iwd_lower_bound,
     iwd_pair,
     optimal_matching,
     patch_array,
@@ -127,6 +128,16 @@ def test_every_kind_of_pair_matches_pot(name):
     path = shared_data("nips17", "images", f"{name}.png")
     for kind, (x, y) in perturbed_pairs(load_image(path), 36, seed=len(name)).items():
         assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
+
+
+def test_the_lower_bound_never_exceeds_the_exact_value():
+    """Every kind of pair, and a pair against itself: the nearest-patch bound is at most POT's value,
+    and within a factor of 4 of it (a bound that said nothing would prune nothing)."""
+    photo = load_image(shared_data("nips17", "images", "629138193e021cdf.png"))
+    for kind, (x, y) in perturbed_pairs(photo, 36, seed=3).items():
+        exact = pot_iwd(x, y)
+        assert exact / 4 < iwd_lower_bound(x, y) <= exact, kind
+    assert iwd_lower_bound(x, x) == 0.0
 
 
 def test_optimal_matching_is_a_permutation_of_pot_cost():
