@@ -51,10 +51,12 @@ class IWDAOT(PatchDistributionAttack):
     the fine first steps and the polish took the mean IWD from 0.0035 to 0.0030 untargeted and from
     0.0052 to 0.0036 targeted (PGD: 0.0046); 20 polish steps did no better. Bands over 30% of the
     image instead of all of it then took it to 0.0020 untargeted and 0.0026 targeted on 20 others
-    (PGD: 0.0048).
+    (PGD: 0.0048), and the best of 16 moves instead of 4 to 0.0017 untargeted and 0.0023 targeted
+    (8 moves: 0.0025 targeted, 12: 0.0024; tau 0.05 with 12 moves: 3% lower targeted and the same
+    untargeted, so tau stays the paper's 0.1).
     Defaults: tau = 0.1, kappa = 1.0, steps = 500, lr = 0.125/255 growing to max_lr = 0.5/255,
     patch = 7, size = 64, rematch = 10, shift = 6, escalate = 2 every 50 steps, loader_views = True,
-    moves = 4, polish = 10.
+    moves = 16, polish = 10.
     """
 
     name = "iwda-ot"
@@ -73,7 +75,7 @@ class IWDAOT(PatchDistributionAttack):
         escalate: float = 2.0,
         escalate_every: int = 50,
         loader_views: bool = True,
-        moves: int = 4,
+        moves: int = 16,
         polish: int = 10,
         max_lr: float = 0.5 / 255,
     ) -> None:
