@@ -54,7 +54,8 @@ class IWDAOT(PatchDistributionAttack):
     (PGD: 0.0048). The best of more moves lowers it further (rows 300-319, targeted: 8 moves 0.0025,
     12: 0.0024, 16: 0.0023; untargeted with 16: 0.0017), but the samples of one image then start
     alike more often (20 tiny6 images, 4 samples: 3 of 120 pairs with 4 or 8 moves, 8 with 12, 12
-    with 16), so 4 it stays until samples are kept apart otherwise.
+    with 16; with 8 already, two samples of the diversity test's image), so 4 it stays until one
+    image's samples are kept apart by design.
     Defaults: tau = 0.1, kappa = 1.0, steps = 500, lr = 0.125/255 growing to max_lr = 0.5/255,
     patch = 7, size = 64, rematch = 10, shift = 6, escalate = 2 every 50 steps, loader_views = True,
     moves = 4, polish = 10.
