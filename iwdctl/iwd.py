@@ -188,6 +188,13 @@ SPARSE_PROBE_PATCHES = 8000
 SPARSE_PRICING_ROUNDS = 3
 
 
+def _window_sum_error(terms: int) -> float:
+    """The largest error of a float32 window sum of `terms` absolute differences (row_nearest's):
+    `terms` terms of at most 1, rounded from float64 inputs, so at most that many units of 2^-24 times
+    the largest partial sum, `terms`."""
+    return 2.0 * terms * terms * 2.0**-24
+
+
 def _sparse_optimum(
     x: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray, patch: int, threads: int
 ) -> np.ndarray | None:
@@ -212,9 +219,7 @@ def _sparse_optimum(
     if nearest is None or _distinct(nearest[1][:, 0]) < SPARSE_DISTINCT_SHARE * count:
         return None
     sums, columns = nearest
-    # Each float32 window sum adds 3 k^2 terms of at most 1, rounded from float64 inputs: its error is
-    # at most that many units of 2^-24 times the largest partial sum, 3 k^2.
-    margin = 2.0 * terms * terms * 2.0**-24
+    margin = _window_sum_error(terms)
     for candidates in SPARSE_CANDIDATES:
         graph = columns[:, :candidates]
         if _distinct(graph) == count:
@@ -350,8 +355,7 @@ def iwd_lower_bound(x: Any, y: Any, patch: int = 7) -> float:
     nearest costs, the larger of the two sides, bounds IWD from below. 0.0 without numba."""
     x, y = as_array(x, np.float64), as_array(y, np.float64)
     terms = x.shape[0] * patch * patch
-    # The float32 window sums' rounding (see _sparse_optimum), taken off each sum.
-    margin = 2.0 * terms * terms * 2.0**-24
+    margin = _window_sum_error(terms)
     bound = 0.0
     for source, other in ((x, y), (y, x)):
         nearest = row_nearest(source, other, patch, 1)
