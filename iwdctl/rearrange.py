@@ -52,21 +52,23 @@ REACH = 8 / 255  # a move goes at least as far in l2 as any l-inf perturbation o
 
 
 def seam_path(cost: np.ndarray) -> np.ndarray:
-    """(H,) the column in each row of the top-to-bottom path of least total cost, moving at most
-    one column from row to row (seam carving's dynamic programme); `cost` (H, W), inf = forbidden."""
-    height, width = cost.shape
-    total = cost[0].copy()
-    steps = np.zeros((height, width), dtype=np.int8)
-    padded = np.full(width + 2, np.inf)
+    """(..., H) the column in each row of the top-to-bottom path of least total cost, moving at most
+    one column from row to row (seam carving's dynamic programme); `cost` (..., H, W), inf =
+    forbidden. Leading axes are independent problems, solved together."""
+    *batch, height, width = cost.shape
+    total = cost[..., 0, :].copy()
+    steps = np.zeros((*batch, height, width), dtype=np.int8)
+    padded = np.full((*batch, width + 2), np.inf)
     for row in range(1, height):
-        padded[1:-1] = total
-        options = np.stack([padded[:-2], padded[1:-1], padded[2:]])
-        steps[row] = options.argmin(axis=0)
-        total = cost[row] + options[steps[row], np.arange(width)]
-    path = np.empty(height, dtype=np.int64)
-    path[-1] = int(total.argmin())
+        padded[..., 1:-1] = total
+        options = np.stack([padded[..., :-2], padded[..., 1:-1], padded[..., 2:]])
+        steps[..., row, :] = options.argmin(axis=0)
+        total = cost[..., row, :] + np.take_along_axis(options, steps[None, ..., row, :], axis=0)[0]
+    path = np.empty((*batch, height), dtype=np.int64)
+    path[..., -1] = total.argmin(axis=-1)
     for row in range(height - 1, 0, -1):
-        path[row - 1] = path[row] + steps[row, path[row]] - 1
+        step = np.take_along_axis(steps[..., row, :], path[..., row : row + 1], axis=-1)[..., 0]
+        path[..., row - 1] = path[..., row] + step - 1
     return path
 
 
@@ -139,13 +141,13 @@ def _band_rows(
         return 0, height, seam_path(cost).astype(np.float64)
     kernel = np.ones(2 * step) / (2 * step)
     end_cost = np.convolve(band_difference.sum(axis=1), kernel, mode="same")
-    options = []
-    for first in range(0, height - span + 1, step):
-        stop = first + span
-        path = seam_path(cost[first:stop])
-        total = cost[np.arange(first, stop), path].sum()
-        total += (end_cost[first] if first > 0 else 0.0) + (end_cost[stop - 1] if stop < height else 0.0)
-        options.append((total, first, path))
+    firsts = np.arange(0, height - span + 1, step)
+    windows = cost[firsts[:, None] + np.arange(span)]  # (positions, span, W): one seam each
+    paths = seam_path(windows)
+    totals = np.take_along_axis(windows, paths[..., None], axis=-1)[..., 0].sum(axis=1)
+    stops = firsts + span
+    totals += np.where(firsts > 0, end_cost[firsts], 0.0) + np.where(stops < height, end_cost[stops - 1], 0.0)
+    options = list(zip(totals.tolist(), firsts.tolist(), paths))
     options.sort(key=lambda option: (option[0], option[1]))
     _, first, path = options[int(torch.randint(0, min(len(options), DRAWN_ROWS), (1,), generator=generator))]
     seam = np.zeros(height)
@@ -166,71 +168,112 @@ def displace(images: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
 
 
 def rearrange(
-    images: torch.Tensor, generators: Sequence[torch.Generator], size: int, patch: int, candidates: int
+    images: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    size: int,
+    patch: int,
+    candidates: int,
+    count: int = 1,
 ) -> torch.Tensor:
-    """(N, 3, H, W): each image with a band moved by one analysis pixel, the move of least exact IWD
-    (analysis size `size`, k x k patches) among `candidates` drawn from the image's generator
-    (orientation alternating, then edge) that move it at least REACH * sqrt(3 H W) in l2. Where
-    none does, a band spanning the whole image along its seam, drawn next. IWDs run on the CPU, one
-    thread per candidate."""
+    """(N, count, 3, H, W): for each image, `count` different moves of a band by one analysis pixel,
+    chosen from one pool of max(`candidates`, `count`) moves drawn from the image's generator
+    (orientation alternating, then edge). Moves that take the image at least the floor
+    REACH * sqrt(3 H W) away in l2 are taken in increasing exact IWD (analysis size `size`, k x k
+    patches), each at least the floor away from those taken before; then the others of those, then
+    the rest, farthest first. Where the pool holds fewer than `count` such moves apart (a smooth
+    image), as many bands spanning the whole image along their seam, drawn next, join it. With fewer
+    different moves than `count`, they repeat in order.
+
+    One pool per image keeps its samples apart by design: drawn separately, the best of each
+    sample's own moves often lands on the same move, and the best few of one pool are often nearly
+    the same move. IWDs run on the CPU, one thread per candidate."""
     height, width = images.shape[-2:]
     analysis_height, _ = analysis_size(height, width, size)
     scale = height / analysis_height
     originals = images.detach().double().cpu().numpy()
-
-    def moves(fields: list[np.ndarray], sources: torch.Tensor) -> torch.Tensor:
-        return displace(sources, torch.from_numpy(np.stack(fields)))
-
-    moved = moves(
-        [
-            band_displacement(original, scale, index % 2 == 0, index % 4 < 2, generator)
-            for original, generator in zip(originals, generators)
-            for index in range(candidates)
-        ],
-        images.repeat_interleave(candidates, dim=0),
-    ).unflatten(0, (len(images), candidates))
+    drawn = max(candidates, count)
     floor = REACH * math.sqrt(images[0].numel())
-    far = ((moved - images[:, None]).flatten(2).norm(dim=2) >= floor).cpu().numpy()
-    short = np.nonzero(~far.any(axis=1))[0]
-    if len(short):
-        whole = [
-            band_displacement(originals[index], scale, True, True, generators[index], 1.0) for index in short.tolist()
+
+    def draw(indices: list[int], length: float) -> list[torch.Tensor]:
+        fields = [
+            band_displacement(originals[index], scale, draw % 2 == 0, draw % 4 < 2, generators[index], length)
+            for index in indices
+            for draw in range(drawn)
         ]
-        moved[torch.from_numpy(short).to(moved.device), 0] = moves(whole, images[torch.from_numpy(short)])
-        far[short, 0] = True
-    views = analysis_view(torch.cat([images, moved.flatten(0, 1)]).detach().double(), size).cpu().numpy()
-    references, movers = views[: len(images)], views[len(images) :]
-    # An image with one far candidate keeps it; IWD decides among two or more (image * candidates + draw).
-    alone = far & (far.sum(axis=1) == 1)[:, None]
-    contested = np.flatnonzero(far & ~alone).tolist()
+        sources = images[indices].repeat_interleave(drawn, dim=0)
+        return list(displace(sources, torch.from_numpy(np.stack(fields))).unflatten(0, (len(indices), drawn)))
 
-    def bound(index: int) -> float:
-        return iwd_lower_bound(references[index // candidates], movers[index], patch)
+    def distinct(moves: torch.Tensor) -> torch.Tensor:
+        kept: list[torch.Tensor] = []
+        for move in moves:
+            if not any(torch.equal(move, other) for other in kept):
+                kept.append(move)
+        return torch.stack(kept)
 
-    def distance(index: int) -> float:
-        return exact_iwd(references[index // candidates], movers[index], patch)
+    def apart(index: int, order: list[int]) -> list[int]:
+        """The first `count` moves of `order` that each lie at least `floor` in l2 from those before."""
+        kept: list[int] = []
+        for move in order:
+            if len(kept) == count:
+                break
+            if all(float((moved[index][move] - moved[index][other]).norm()) >= floor for other in kept):
+                kept.append(move)
+        return kept
 
-    distances = np.where(alone, 0.0, np.inf)
+    def reach(index: int) -> np.ndarray:
+        return (moved[index] - images[index]).flatten(1).norm(dim=1).cpu().numpy()
+
+    moved = [distinct(moves) for moves in draw(list(range(len(images))), LENGTH)]
+    short = [index for index in range(len(images)) if len(apart(index, np.flatnonzero(reach(index) >= floor))) < count]
+    for index, moves in zip(short, draw(short, 1.0) if short else []):
+        moved[index] = distinct(torch.cat([moved[index], moves]))
+    lengths = [reach(index) for index in range(len(images))]
+    far = [np.flatnonzero(length >= floor) for length in lengths]
+    # Exact IWDs only where more moves reach far enough than are wanted.
+    contested = [(index, move) for index in range(len(images)) if len(far[index]) > count for move in far[index]]
+    views = analysis_view(torch.cat([images, *moved]).detach().double(), size).cpu().numpy()
+    offsets = np.cumsum([len(images)] + [len(moves) for moves in moved])
+
+    def bound(item: tuple[int, int]) -> float:
+        return iwd_lower_bound(views[item[0]], views[offsets[item[0]] + item[1]], patch)
+
+    def distance(item: tuple[int, int]) -> float:
+        return exact_iwd(views[item[0]], views[offsets[item[0]] + item[1]], patch)
+
+    distances: list[dict[int, float]] = [{} for _ in images]
     threads = max(1, min(cpu_threads(), len(contested)))
-    with single_threaded_blas(), ThreadPoolExecutor(threads) as pool:
-        # Exact IWDs in increasing order of a lower bound, until the next bound exceeds the least IWD
-        # found: the same choice as computing every one, for a fraction of the cost.
+    with single_threaded_blas(), ThreadPoolExecutor(threads) as executor:
+        # Exact IWDs in increasing order of a lower bound, until the next bound exceeds the count-th
+        # least IWD found: the same ranking of the first `count` as computing every one, for less.
         queues: dict[int, list[tuple[float, int]]] = {}
-        for index, value in zip(contested, pool.map(bound, contested)):
-            queues.setdefault(index // candidates, []).append((value, index))
+        for (index, move), value in zip(contested, executor.map(bound, contested)):
+            queues.setdefault(index, []).append((value, move))
         for queue in queues.values():
             queue.sort(reverse=True)  # the smallest bound last, to pop
+
+        def threshold(index: int) -> float:
+            kept = apart(index, sorted(distances[index], key=lambda move: (distances[index][move], move)))
+            return distances[index][kept[-1]] if len(kept) == count else math.inf
+
         while True:
-            least = distances.min(axis=1)
-            open_images = [image for image, queue in queues.items() if queue and queue[-1][0] <= least[image]]
+            limits = {index: threshold(index) for index in queues}
+            open_images = [index for index, queue in queues.items() if queue and queue[-1][0] <= limits[index]]
             share = max(1, threads // max(1, len(open_images)))
             wave = [
-                queues[image].pop()[1]
-                for image in open_images
+                (index, queues[index].pop()[1])
+                for index in open_images
                 for _ in range(share)
-                if queues[image] and queues[image][-1][0] <= least[image]
+                if queues[index] and queues[index][-1][0] <= limits[index]
             ]
             if not wave:
                 break
-            distances.flat[wave] = list(pool.map(distance, wave))
-    return moved[torch.arange(len(images)), torch.from_numpy(distances.argmin(axis=1))]
+            for (index, move), value in zip(wave, executor.map(distance, wave)):
+                distances[index][move] = value
+    chosen = []
+    for index in range(len(images)):
+        reached = sorted(far[index].tolist(), key=lambda move: (distances[index].get(move, math.inf), move))
+        kept = apart(index, reached)
+        rest = sorted(set(range(len(moved[index]))) - set(reached), key=lambda move: (-lengths[index][move], move))
+        ranking = kept + [move for move in reached if move not in kept] + rest
+        chosen.append(moved[index][[ranking[rank % len(ranking)] for rank in range(count)]])
+    return torch.stack(chosen)

@@ -37,34 +37,66 @@ def photos() -> torch.Tensor:
     )
 
 
-def test_a_photo_is_re_arranged_by_whole_patches_at_the_move_of_least_iwd(photos):
+def _expected_choice(image: torch.Tensor, pool: torch.Tensor, count: int, floor: float) -> list[int]:
+    """rearrange's choice among `pool` (draw order) recomputed with every exact IWD: moves reaching
+    the floor in increasing IWD, each the floor away from those taken, then the others by reach."""
+    distinct = [draw for draw in range(len(pool)) if not any(torch.equal(pool[draw], pool[o]) for o in range(draw))]
+    views = analysis_view(torch.cat([image[None], pool]).double(), 64).numpy()
+    distances = {draw: exact_iwd(views[0], views[1 + draw]) for draw in distinct}
+    lengths = {draw: float((pool[draw] - image).norm()) for draw in distinct}
+    reached = sorted((d for d in distinct if lengths[d] >= floor), key=lambda d: (distances[d], d))
+    kept: list[int] = []
+    for draw in reached:
+        if len(kept) < count and all(float((pool[draw] - pool[other]).norm()) >= floor for other in kept):
+            kept.append(draw)
+    rest = sorted(set(distinct) - set(reached), key=lambda d: (-lengths[d], d))
+    ranking = kept + [d for d in reached if d not in kept] + rest
+    return [ranking[rank % len(ranking)] for rank in range(count)]
+
+
+def test_a_photo_is_re_arranged_by_whole_patches_at_the_moves_of_least_iwd(photos):
     """The band moves one analysis pixel: a share of the analysis view's patches are matched to the
-    patch one position over (content moved, not perturbed in place), and of the candidate moves
-    that reach the l2 floor the one kept has the smallest exact IWD."""
-    candidates = 3
-    moved = rearrange(photos, [torch.Generator().manual_seed(seed) for seed in (1, 2)], 64, 7, candidates)
-    views = analysis_view(torch.cat([photos, moved]).double(), 64).numpy()
+    patch one position over (content moved, not perturbed in place). Of the pool of moves drawn from
+    the image's generator, those that reach the l2 floor are taken in increasing exact IWD (every one
+    computed here, where the function prunes with a lower bound), each the floor away from those
+    taken before; the first is the one `count` = 1 keeps."""
+    candidates, count = 6, 3
+    seeds = (1, 2)
+    moved = rearrange(photos, [torch.Generator().manual_seed(seed) for seed in seeds], 64, 7, candidates, count)
+    assert moved.shape == (len(photos), count, *photos.shape[1:])
+    single = rearrange(photos, [torch.Generator().manual_seed(seed) for seed in seeds], 64, 7, candidates)
+    assert torch.equal(single[:, 0], moved[:, 0])
+    views = analysis_view(torch.cat([photos, moved.flatten(0, 1)]).double(), 64).numpy()
     floor = REACH * photos[0].numel() ** 0.5
-    for index in range(len(photos)):
-        assert float((moved[index] - photos[index]).norm()) >= floor
-        sigma = optimal_matching(views[2 + index], views[index], 7)
+    for index, seed in enumerate(seeds):
+        for first, second in itertools.combinations(moved[index], 2):
+            assert float((first - second).norm()) >= floor
+        assert all(float((one - photos[index]).norm()) >= floor for one in moved[index])
+        sigma = optimal_matching(views[len(photos) + count * index], views[index], 7)
         offsets = sigma - np.arange(len(sigma))
         relocated = offsets != 0
         assert relocated.mean() > 0.04
         assert np.isin(offsets[relocated], (-58, -1, 1, 58)).mean() > 0.7  # one position over (58 per row)
-        generator = torch.Generator().manual_seed(index + 1)
+        generator = torch.Generator().manual_seed(seed)
         original = photos[index].double().numpy()
         fields = [
             band_displacement(original, 3.5, draw % 2 == 0, draw % 4 < 2, generator) for draw in range(candidates)
         ]
-        each = displace(photos[index].expand(candidates, -1, -1, -1), torch.from_numpy(np.stack(fields)))
-        distances = [exact_iwd(views[index], view) for view in analysis_view(each.double(), 64).numpy()]
-        far = [float((one - photos[index]).norm()) >= floor for one in each]
-        if any(far):
-            assert torch.equal(moved[index], each[min((d, i) for i, d in enumerate(distances) if far[i])[1]])
-        else:  # the band spanning the whole image, drawn next
-            field = band_displacement(original, 3.5, True, True, generator, 1.0)
-            assert torch.equal(moved[index], displace(photos[index][None], torch.from_numpy(field)[None])[0])
+        pool = displace(photos[index].expand(candidates, -1, -1, -1), torch.from_numpy(np.stack(fields)))
+        apart: list[torch.Tensor] = []  # moves reaching the floor, each the floor from those before (draw order)
+        for one in pool:
+            if float((one - photos[index]).norm()) >= floor and all(float((one - o).norm()) >= floor for o in apart):
+                apart.append(one)
+        if len(apart) < count:
+            # The first photo is smooth: whole-image bands, drawn next, join the pool.
+            fields += [
+                band_displacement(original, 3.5, draw % 2 == 0, draw % 4 < 2, generator, 1.0)
+                for draw in range(candidates)
+            ]
+            pool = displace(photos[index].expand(len(fields), -1, -1, -1), torch.from_numpy(np.stack(fields)))
+        expected = _expected_choice(photos[index], pool, count, floor)
+        for rank in range(count):
+            assert torch.equal(moved[index, rank], pool[expected[rank]])
 
 
 def test_a_short_band_moves_only_its_share_of_the_rows():
@@ -77,17 +109,22 @@ def test_a_short_band_moves_only_its_share_of_the_rows():
     assert np.abs(field).max() == 2.0 and np.all(field[1] == 0)
 
 
-def test_a_move_too_short_falls_back_to_the_whole_image():
-    """A nearly flat image: no short band moves it REACH * sqrt(3 H W) in l2, so the band spans the
-    whole image, drawn after the short ones."""
+def test_moves_too_short_fall_back_to_whole_image_bands():
+    """A nearly flat image: no short band moves it REACH * sqrt(3 H W) in l2, so bands spanning the
+    whole image, drawn after the short ones, join the pool; the farthest-reaching come first when
+    none reaches the floor either, and the samples are different moves."""
     image = 0.5 + 0.01 * torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    moved = rearrange(image, [torch.Generator().manual_seed(1)], 64, 7, 2)
+    moved = rearrange(image, [torch.Generator().manual_seed(1)], 64, 7, 2, 2)[0]
     generator = torch.Generator().manual_seed(1)
     original = image[0].double().numpy()
-    for draw in range(2):
-        band_displacement(original, 1.0, draw % 2 == 0, draw % 4 < 2, generator)
-    whole = displace(image, torch.from_numpy(band_displacement(original, 1.0, True, True, generator, 1.0))[None])
-    assert torch.equal(moved, whole)
+    fields = [band_displacement(original, 1.0, draw % 2 == 0, draw % 4 < 2, generator) for draw in range(2)]
+    fields += [band_displacement(original, 1.0, draw % 2 == 0, draw % 4 < 2, generator, 1.0) for draw in range(2)]
+    each = displace(image.expand(4, -1, -1, -1), torch.from_numpy(np.stack(fields)))
+    lengths = [float((one - image[0]).norm()) for one in each]
+    assert max(lengths) < REACH * image[0].numel() ** 0.5
+    farthest = sorted(range(4), key=lambda draw: (-lengths[draw], draw))
+    assert farthest[0] >= 2 and farthest[1] >= 2  # the whole-image bands reach further
+    assert torch.equal(moved[0], each[farthest[0]]) and torch.equal(moved[1], each[farthest[1]])
 
 
 def test_iwda_ot_samples_are_each_re_arranged_differently(tiny_model, tiny_batch):

@@ -14,22 +14,33 @@ import torch.nn.functional as F
 from iwdctl.attacks.base import Attack, ImageJob
 from iwdctl.criteria import Criterion, concatenate
 from iwdctl.errors import InputError
-from iwdctl.images import quantize
+from iwdctl.images import dither, quantize
 from iwdctl.models import ImageClassifier
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
+@dataclass(eq=False)
+class SampleGroup:
+    """The rows of one image's K samples: their starts can be drawn together, from one generator of
+    the image's own (IWDAOT ranks one pool of moves per image, so that its samples start apart)."""
+
+    generator: torch.Generator  # seeded like the image's first sample
+    count: int  # K
+    starts: torch.Tensor | None = None  # (K, 3, H, W) once drawn, by the subclass that draws them
+
+
 @dataclass
 class RowSpec:
-    """One optimization to run: an image, its start (shifted or not) and its own generator."""
+    """One optimization to run: an image, its own generator, and which of the image's samples it is."""
 
     tag: Hashable
     image: torch.Tensor  # (3, H, W) on the device
     criterion: Criterion  # of this one row
     generator: torch.Generator
-    shifted: bool
+    group: SampleGroup
+    sample: int  # 0 starts from x, the others from shifted copies (unless the subclass draws starts)
 
 
 @dataclass
@@ -106,7 +117,14 @@ class PatchDistributionAttack(Attack):
 
     def forward(self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]) -> torch.Tensor:
         specs = [
-            RowSpec(index, images[index], criterion.select(slice(index, index + 1)), generator, False)
+            RowSpec(
+                index,
+                images[index],
+                criterion.select(slice(index, index + 1)),
+                generator,
+                SampleGroup(torch.Generator().manual_seed(generator.initial_seed()), 1),
+                0,
+            )
             for index, generator in enumerate(generators)
         ]
         results = dict(self._optimize(iter(specs), len(specs)))
@@ -134,9 +152,10 @@ class PatchDistributionAttack(Attack):
             for number, job in enumerate(itertools.chain([first], source)):
                 by_number[number] = job
                 image = job.image.detach().to(self.device)
+                group = SampleGroup(torch.Generator().manual_seed(int(job.seeds[0])), len(job.seeds))
                 for index, seed in enumerate(job.seeds):
                     generator = torch.Generator().manual_seed(int(seed))
-                    yield RowSpec((number, index), image, job.criterion, generator, index > 0)
+                    yield RowSpec((number, index), image, job.criterion, generator, group, index)
 
         for (number, index), result in self._optimize(specs(), capacity * len(first.seeds)):
             outputs.setdefault(number, {})[index] = result
@@ -150,7 +169,7 @@ class PatchDistributionAttack(Attack):
 
     def starts(self, specs: Sequence[RowSpec]) -> torch.Tensor:
         """(n, 3, H, W) where the admitted rows' optimizations start."""
-        return torch.stack([self._start(spec.image, spec.generator, spec.shifted) for spec in specs])
+        return torch.stack([self._start(spec.image, spec.generator, spec.sample > 0) for spec in specs])
 
     def _start(self, image: torch.Tensor, generator: torch.Generator, shifted: bool) -> torch.Tensor:
         if not shifted:
@@ -224,7 +243,10 @@ class PatchDistributionAttack(Attack):
                 rounded = quantize(candidate)
                 finished = margin > self.kappa
                 if finished.any():
+                    # The rows that may be done are rounded with error diffusion: their analysis views,
+                    # and so D, stay closer to the candidate's than under the nearest rounding.
                     checked = finished.nonzero()[:, 0]
+                    rounded[checked] = dither(candidate[checked])
                     finished[checked] = self._margin(rounded[checked], criterion.select(checked)) >= self.kappa
                 finished_rows = finished.tolist()
             spent = [row.step >= self.steps for row in live]
