@@ -198,9 +198,9 @@ def rearrange(
 
     def draw(indices: list[int], length: float) -> list[torch.Tensor]:
         fields = [
-            band_displacement(originals[index], scale, draw % 2 == 0, draw % 4 < 2, generators[index], length)
+            band_displacement(originals[index], scale, number % 2 == 0, number % 4 < 2, generators[index], length)
             for index in indices
-            for draw in range(drawn)
+            for number in range(drawn)
         ]
         sources = images[indices].repeat_interleave(drawn, dim=0)
         return list(displace(sources, torch.from_numpy(np.stack(fields))).unflatten(0, (len(indices), drawn)))
