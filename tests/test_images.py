@@ -6,7 +6,9 @@ import torch
 from PIL import Image
 
 from iwdctl.errors import InputError
-from iwdctl.images import load_image, preprocess, quantize, save_png
+from iwdctl.images import dither, load_image, preprocess, quantize, save_png
+from iwdctl.iwd import analysis_view, exact_iwd
+from tests.conftest import shared_data
 
 
 def _gradient(height: int = 20, width: int = 30) -> np.ndarray:
@@ -113,3 +115,18 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     save_png(torch.rand(3, 8, 8), tmp_path / "a.png")
     for name in ("report.json", "a.png"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_dithered_rounding_stays_within_a_level_and_keeps_the_analysis_view_closer():
+    """Error diffusion along rows: 8-bit levels, each pixel within one level of its value, every run
+    of a row keeps its mean to within one level, and IWD's downsampled view (so IWD itself) is
+    closer to the unrounded photo's than under the nearest rounding."""
+    photo = preprocess(load_image(shared_data("nips17", "images", "629138193e021cdf.png")), 224, 0.875)
+    rounded = dither(photo)
+    levels = rounded * 255
+    assert torch.equal(levels, levels.round()) and torch.equal(quantize(rounded), rounded)
+    assert float((rounded - photo).abs().max()) <= 1 / 255 + 1e-6
+    running = (rounded - photo).cumsum(dim=-1) * 255  # the carry: what a run has not yet rounded
+    assert float(running.abs().max()) <= 0.5 + 1e-3
+    views = analysis_view(torch.stack([photo, rounded, quantize(photo)]).double(), 64).numpy()
+    assert exact_iwd(views[0], views[1]) < 0.7 * exact_iwd(views[0], views[2])
