@@ -226,10 +226,12 @@ def rearrange(
         return (moved[index] - images[index]).flatten(1).norm(dim=1).cpu().numpy()
 
     moved = [distinct(moves) for moves in draw(list(range(len(images))), LENGTH)]
-    short = [index for index in range(len(images)) if len(apart(index, np.flatnonzero(reach(index) >= floor))) < count]
+    lengths = [reach(index) for index in range(len(images))]
+    # Images whose far moves hold fewer than `count` apart: whole-image bands join their pools.
+    short = [i for i, length in enumerate(lengths) if len(apart(i, np.flatnonzero(length >= floor))) < count]
     for index, moves in zip(short, draw(short, 1.0) if short else []):
         moved[index] = distinct(torch.cat([moved[index], moves]))
-    lengths = [reach(index) for index in range(len(images))]
+        lengths[index] = reach(index)
     far = [np.flatnonzero(length >= floor) for length in lengths]
     # Exact IWDs only where more moves reach far enough than are wanted.
     contested = [(index, move) for index in range(len(images)) if len(far[index]) > count for move in far[index]]
