@@ -35,6 +35,7 @@ class Preset:
     scales: int | None
     max_channels: int
     description: str
+    window: int | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -323,6 +324,7 @@ class TrainedPyramid:
         self.generators: list[ScaleGenerator] = []
         self.noise_amplitudes: list[torch.Tensor] = []  # (1, B x 3, 1, 1): each image's own
         self.reconstruction_noise: torch.Tensor | None = None
+        self.critic: PatchCritic | None = None  # the last trained scale's, where the next one starts
 
     def _start(self, samples: int) -> torch.Tensor:
         """What scale `first` builds on: x at the coarser scale (upsampled), or zeros at scale 0."""
@@ -358,18 +360,59 @@ class TrainedPyramid:
         """(N, B x C, ...) -> each image's mean, (B,)."""
         return values.unflatten(1, (self.count, -1)).transpose(0, 1).flatten(1).mean(dim=1)
 
-    def train_scale(self, scale: int, criterion: Criterion, generators: list[torch.Generator], iterations: int) -> None:
-        attack = self.attack
-        real = self.reals[scale]
-        channels = channels_at(scale, attack.preset.max_channels)
-        device = real.device
+    def _corners(self, scale: int, window: int | None, generators: list[torch.Generator]) -> list[tuple[int, int]] | None:
+        """Each image's own random window corner at `scale`, or None where the window covers the image."""
+        height, width = self.reals[scale].shape[-2:]
+        if window is None or window >= min(height, width):
+            return None
+        return [
+            (int(torch.randint(0, height - window + 1, (1,), generator=generator)),
+             int(torch.randint(0, width - window + 1, (1,), generator=generator)))
+            for generator in generators
+        ]
+
+    def _windows(self, stacked: torch.Tensor, corners: list[tuple[int, int]] | None, side: int) -> torch.Tensor:
+        """Each image's own side x side window of (N, B x C, H, W), still stacked: (N, B x C, side, side)."""
+        if corners is None:
+            return stacked
+        images = stacked.unflatten(1, (self.count, -1))
+        return torch.stack(
+            [images[:, i, :, top : top + side, left : left + side] for i, (top, left) in enumerate(corners)], dim=1
+        ).flatten(1, 2)
+
+    def _new_networks(self, scale: int, generators: list[torch.Generator]) -> tuple[ScaleGenerator, PatchCritic]:
+        """This scale's stacked generator and critic: each image's from its own seed, or, as SinGAN does
+        when the channel count is unchanged, the coarser scale's trained networks as the start."""
+        channels = channels_at(scale, self.attack.preset.max_channels)
         scale_generators, critics = [], []
         for generator in generators:  # each image's networks from its own seed, as if trained alone
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
             scale_generators.append(ScaleGenerator(channels))
             critics.append(PatchCritic(channels))
+        device = self.reals[scale].device
         scale_generator = ScaleGenerator.stacked(scale_generators).to(device)
         critic = PatchCritic.stacked(critics).to(device)
+        if self.generators and channels_at(scale - 1, self.attack.preset.max_channels) == channels:
+            scale_generator.load_state_dict(self.generators[-1].state_dict())
+            critic.load_state_dict(self.critic.state_dict())
+        elif scale > 0:
+            # Built on x (injected below), the generator starts as the identity: its residual head at
+            # zero. From N(0, 0.02) the head adds noise of about 0.2 per pixel, which short schedules
+            # do not train away (IWD 2x PGD's with no attack at all).
+            with torch.no_grad():
+                scale_generator.head[0].weight.zero_()
+                scale_generator.head[0].bias.zero_()
+        return scale_generator, critic
+
+    def train_scale(self, scale: int, criterion: Criterion, generators: list[torch.Generator], iterations: int) -> None:
+        """Algorithm 1 at one scale: 3 critic and 3 generator steps per iteration. With the preset's
+        `window`, the critic and the reconstruction see each image's own random window of that side
+        (its patches are a sample of the image's), and only the classification loss the whole image."""
+        attack = self.attack
+        real = self.reals[scale]
+        device = real.device
+        window = attack.preset.window
+        scale_generator, critic = self._new_networks(scale, generators)
         with torch.no_grad():
             reconstruction_previous = self.run(1, None, scale)
             if scale == 0:
@@ -380,6 +423,9 @@ class TrainedPyramid:
                 error = self._per_image_mean((reconstruction_previous - real) ** 2).sqrt()
                 amplitude = (0.1 * error).repeat_interleave(3)[None, :, None, None]
         reconstruction_noise = self.reconstruction_noise if scale == 0 else torch.zeros_like(real)
+        # The generator's input padded once: a window of it with PADDING more on each side gives exactly
+        # that window of the generator's output (its convolutions are unpadded).
+        reconstruction_input = F.pad(amplitude * reconstruction_noise + reconstruction_previous, (PADDING,) * 4)
         self.noise_amplitudes.append(amplitude)
         optimizer_g = torch.optim.Adam(scale_generator.parameters(), lr=attack.lr, betas=(0.5, 0.999))
         optimizer_d = torch.optim.Adam(critic.parameters(), lr=attack.lr, betas=(0.5, 0.999))
@@ -390,23 +436,38 @@ class TrainedPyramid:
         for _ in range(iterations):
             with torch.no_grad():
                 previous = self.run(1, generators, scale)
-            noise = amplitude * self._noise(scale, 1, generators)
+                noise = amplitude * self._noise(scale, 1, generators)
+                # The generator does not change during the critic's steps: one fake serves all three.
+                fakes = scale_generator(noise, previous)
             for _ in range(3):
-                fake = scale_generator(noise, previous).detach()
-                real_scores, fake_scores = critic_scores(critic, real, fake)
+                corners = self._corners(scale, window, generators)
+                side = window if corners else 0
+                real_part, fake_part = self._windows(real, corners, side), self._windows(fakes, corners, side)
+                real_scores, fake_scores = critic_scores(critic, real_part, fake_part)
                 critic_loss = (self._per_image_mean(fake_scores) - self._per_image_mean(real_scores)).sum()
                 rho = torch.cat([torch.rand(1, 1, generator=generator) for generator in generators], dim=1)
                 critic_loss = critic_loss + attack.gp_weight * stacked_gradient_penalty(
-                    critic, real, fake, rho.to(device)
+                    critic, real_part, fake_part, rho.to(device)
                 )
                 optimizer_d.zero_grad()
                 critic_loss.backward()
                 optimizer_d.step()
             for _ in range(3):
+                corners = self._corners(scale, window, generators)
+                side = window if corners else 0
                 fake = scale_generator(noise, previous)
-                reconstruction = scale_generator(amplitude * reconstruction_noise, reconstruction_previous)
-                adversarial = -self._per_image_mean(critic_scores(critic, real, fake)[1])
-                fidelity = attack.alpha * self._per_image_mean((reconstruction - real) ** 2)
+                if corners is None:
+                    reconstruction = scale_generator(amplitude * reconstruction_noise, reconstruction_previous)
+                    reconstruction_target = real
+                else:
+                    margin = self._windows(reconstruction_input, corners, side + 2 * PADDING)
+                    reconstruction = scale_generator.head(scale_generator.body(margin)) + self._windows(
+                        reconstruction_previous, corners, side
+                    )
+                    reconstruction_target = self._windows(real, corners, side)
+                real_part, fake_part = self._windows(real, corners, side), self._windows(fake, corners, side)
+                adversarial = -self._per_image_mean(critic_scores(critic, real_part, fake_part)[1])
+                fidelity = attack.alpha * self._per_image_mean((reconstruction - reconstruction_target) ** 2)
                 loss = (adversarial + fidelity).sum() + attack.tau * attack.classification_loss(
                     fake.clamp(0, 1), criterion, self.count
                 )
@@ -419,6 +480,7 @@ class TrainedPyramid:
         for parameter in scale_generator.parameters():
             parameter.requires_grad_(False)
         self.generators.append(scale_generator)
+        self.critic = critic
 
     @torch.no_grad()
     def sample(
