@@ -46,7 +46,7 @@ PLAN: list[tuple[str, int, list[str]]] = [
     ("pgd", 100, []),
     ("pgd-l2", 100, []),
     ("adef", 100, []),
-    ("iwda", 2, ["--preset", "quick"]),
+    ("iwda", 20, ["--preset", "cpu"]),
     ("eot", 50, []),
     ("stadv", 40, []),
 ]
@@ -166,8 +166,10 @@ def main() -> None:
         "--modes", default="untargeted,targeted", help="targeted runs only where the victim has targets"
     )
     parser.add_argument("--keep", type=Path, help="keep the attacks' output folders here (default: discarded)")
+    parser.add_argument("--results", help="results file name (default: attack_benchmark_<victim>.md)")
     arguments = parser.parse_args()
     chosen = arguments.methods.split(",")
+    results = arguments.results or f"attack_benchmark_{arguments.victim}.md"
     victim = victims()[arguments.victim]
     model = load_classifier("efficientnet_lite0", device="cpu") if victim.reread else None
     lines = [
@@ -235,7 +237,7 @@ def main() -> None:
                     save_contact_sheet(Path(f"{out}-num4"), f"contact_{arguments.victim}_{method}_{mode}.jpg")
                 if mode == "untargeted":
                     histogram_rows += figure6_rows(out, method)
-                    plot_histograms(histogram_rows, RESULTS / f"attack_benchmark_{arguments.victim}_figure6.png")
+                    plot_histograms(histogram_rows, RESULTS / results.replace(".md", "_figure6.png"))
                 on_correct, correct = correct_only(out)
                 diversity = f"{diverse['diversity_l2']:.3f} | {diverse['diversity_iwd']:.5f}" if diverse else "- | -"
                 row = (
@@ -248,7 +250,7 @@ def main() -> None:
                 lines.append(row)
                 print(row, f"(wall {wall:.0f} s)", flush=True)
                 write_results(
-                    f"attack_benchmark_{arguments.victim}.md",
+                    results,
                     "\n".join(lines + ["\nCommands:\n"] + [f"    {c}" for c in commands]) + "\n",
                 )
 

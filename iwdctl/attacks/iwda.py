@@ -35,13 +35,12 @@ class Preset:
     scales: int | None
     max_channels: int
     description: str
-    window: int | None = None
 
 
 PRESETS: dict[str, Preset] = {
     "paper": Preset(2000, None, 128, "the paper's schedule: 2000 iterations on every scale (for GPUs)"),
-    "cpu": Preset(100, 3, 32, "100 iterations on the 3 finest scales, 32 channels"),
-    "quick": Preset(30, 2, 32, "30 iterations on the 2 finest scales, 32 channels (demos and tests)"),
+    "cpu": Preset(12, 3, 32, "12 iterations on the 3 finest scales, 32 channels (about 1 minute per 224 px image)"),
+    "quick": Preset(4, 3, 32, "4 iterations on the 3 finest scales, 32 channels (demos and tests)"),
 }
 
 
@@ -201,7 +200,10 @@ class IWDA(Attack):
     finest = the classifier's input size) of generators g_n and patch critics f_n (5 layers of
     Conv3x3-BatchNorm-LeakyReLU(0.2), 32 channels doubling every 4 scales up to 128, no padding inside,
     input padded once by 5 pixels, weights N(0, 0.02)); each generator is residual on the upsampled
-    coarser output (tanh head). Critic: WGAN-GP, gradient penalty lambda = 0.1 on interpolates.
+    coarser output (tanh head). As in SinGAN's code, a scale whose channel count equals the coarser
+    one's starts from that scale's trained generator and critic; beyond the paper, the first scale
+    trained above injected x starts as the identity (its head at zero).
+    Critic: WGAN-GP, gradient penalty lambda = 0.1 on interpolates.
     Generator: -E f(g) + alpha * reconstruction (SinGAN's, which calibrates each scale's noise
     amplitude to 0.1 x the RMSE of the upsampled reconstruction) + tau * L_c, where L_c = -CE(h(x~), y)
     untargeted and CE(h(x~), y_t) targeted on each scale's sample resized to the classifier's input,
@@ -360,26 +362,6 @@ class TrainedPyramid:
         """(N, B x C, ...) -> each image's mean, (B,)."""
         return values.unflatten(1, (self.count, -1)).transpose(0, 1).flatten(1).mean(dim=1)
 
-    def _corners(self, scale: int, window: int | None, generators: list[torch.Generator]) -> list[tuple[int, int]] | None:
-        """Each image's own random window corner at `scale`, or None where the window covers the image."""
-        height, width = self.reals[scale].shape[-2:]
-        if window is None or window >= min(height, width):
-            return None
-        return [
-            (int(torch.randint(0, height - window + 1, (1,), generator=generator)),
-             int(torch.randint(0, width - window + 1, (1,), generator=generator)))
-            for generator in generators
-        ]
-
-    def _windows(self, stacked: torch.Tensor, corners: list[tuple[int, int]] | None, side: int) -> torch.Tensor:
-        """Each image's own side x side window of (N, B x C, H, W), still stacked: (N, B x C, side, side)."""
-        if corners is None:
-            return stacked
-        images = stacked.unflatten(1, (self.count, -1))
-        return torch.stack(
-            [images[:, i, :, top : top + side, left : left + side] for i, (top, left) in enumerate(corners)], dim=1
-        ).flatten(1, 2)
-
     def _new_networks(self, scale: int, generators: list[torch.Generator]) -> tuple[ScaleGenerator, PatchCritic]:
         """This scale's stacked generator and critic: each image's from its own seed, or, as SinGAN does
         when the channel count is unchanged, the coarser scale's trained networks as the start."""
@@ -393,25 +375,23 @@ class TrainedPyramid:
         scale_generator = ScaleGenerator.stacked(scale_generators).to(device)
         critic = PatchCritic.stacked(critics).to(device)
         if self.generators and channels_at(scale - 1, self.attack.preset.max_channels) == channels:
+            assert self.critic is not None  # trained with the coarser scale's generator
             scale_generator.load_state_dict(self.generators[-1].state_dict())
             critic.load_state_dict(self.critic.state_dict())
-        elif scale > 0:
+        elif scale == self.first > 0:
             # Built on x (injected below), the generator starts as the identity: its residual head at
             # zero. From N(0, 0.02) the head adds noise of about 0.2 per pixel, which short schedules
-            # do not train away (IWD 2x PGD's with no attack at all).
+            # do not train away.
             with torch.no_grad():
                 scale_generator.head[0].weight.zero_()
                 scale_generator.head[0].bias.zero_()
         return scale_generator, critic
 
     def train_scale(self, scale: int, criterion: Criterion, generators: list[torch.Generator], iterations: int) -> None:
-        """Algorithm 1 at one scale: 3 critic and 3 generator steps per iteration. With the preset's
-        `window`, the critic and the reconstruction see each image's own random window of that side
-        (its patches are a sample of the image's), and only the classification loss the whole image."""
+        """Algorithm 1 at one scale: 3 critic and 3 generator steps per iteration."""
         attack = self.attack
         real = self.reals[scale]
         device = real.device
-        window = attack.preset.window
         scale_generator, critic = self._new_networks(scale, generators)
         with torch.no_grad():
             reconstruction_previous = self.run(1, None, scale)
@@ -423,9 +403,6 @@ class TrainedPyramid:
                 error = self._per_image_mean((reconstruction_previous - real) ** 2).sqrt()
                 amplitude = (0.1 * error).repeat_interleave(3)[None, :, None, None]
         reconstruction_noise = self.reconstruction_noise if scale == 0 else torch.zeros_like(real)
-        # The generator's input padded once: a window of it with PADDING more on each side gives exactly
-        # that window of the generator's output (its convolutions are unpadded).
-        reconstruction_input = F.pad(amplitude * reconstruction_noise + reconstruction_previous, (PADDING,) * 4)
         self.noise_amplitudes.append(amplitude)
         optimizer_g = torch.optim.Adam(scale_generator.parameters(), lr=attack.lr, betas=(0.5, 0.999))
         optimizer_d = torch.optim.Adam(critic.parameters(), lr=attack.lr, betas=(0.5, 0.999))
@@ -440,34 +417,20 @@ class TrainedPyramid:
                 # The generator does not change during the critic's steps: one fake serves all three.
                 fakes = scale_generator(noise, previous)
             for _ in range(3):
-                corners = self._corners(scale, window, generators)
-                side = window if corners else 0
-                real_part, fake_part = self._windows(real, corners, side), self._windows(fakes, corners, side)
-                real_scores, fake_scores = critic_scores(critic, real_part, fake_part)
+                real_scores, fake_scores = critic_scores(critic, real, fakes)
                 critic_loss = (self._per_image_mean(fake_scores) - self._per_image_mean(real_scores)).sum()
                 rho = torch.cat([torch.rand(1, 1, generator=generator) for generator in generators], dim=1)
                 critic_loss = critic_loss + attack.gp_weight * stacked_gradient_penalty(
-                    critic, real_part, fake_part, rho.to(device)
+                    critic, real, fakes, rho.to(device)
                 )
                 optimizer_d.zero_grad()
                 critic_loss.backward()
                 optimizer_d.step()
             for _ in range(3):
-                corners = self._corners(scale, window, generators)
-                side = window if corners else 0
                 fake = scale_generator(noise, previous)
-                if corners is None:
-                    reconstruction = scale_generator(amplitude * reconstruction_noise, reconstruction_previous)
-                    reconstruction_target = real
-                else:
-                    margin = self._windows(reconstruction_input, corners, side + 2 * PADDING)
-                    reconstruction = scale_generator.head(scale_generator.body(margin)) + self._windows(
-                        reconstruction_previous, corners, side
-                    )
-                    reconstruction_target = self._windows(real, corners, side)
-                real_part, fake_part = self._windows(real, corners, side), self._windows(fake, corners, side)
-                adversarial = -self._per_image_mean(critic_scores(critic, real_part, fake_part)[1])
-                fidelity = attack.alpha * self._per_image_mean((reconstruction - reconstruction_target) ** 2)
+                reconstruction = scale_generator(amplitude * reconstruction_noise, reconstruction_previous)
+                adversarial = -self._per_image_mean(critic_scores(critic, real, fake)[1])
+                fidelity = attack.alpha * self._per_image_mean((reconstruction - real) ** 2)
                 loss = (adversarial + fidelity).sum() + attack.tau * attack.classification_loss(
                     fake.clamp(0, 1), criterion, self.count
                 )
