@@ -118,3 +118,15 @@ def test_generators_start_as_the_identity_on_injected_x_and_from_the_coarser_sca
     pyramid.critic = PatchCritic(32)
     wider, _ = pyramid._new_networks(4, generators)
     assert wider.head[0].weight.shape[1] == 64 and wider.head[0].weight.abs().sum() > 0
+
+
+def test_an_images_gan_sample_does_not_depend_on_the_classifiers_batch_padding(tiny_model, tiny_batch):
+    # A lone image's job runs the classifier unpadded, a folder's padded to 16: the same sample.
+    images, labels = tiny_batch
+    padded = tiny_model.batch_invariant()
+    samples = [
+        make_attack("iwda", model, preset="quick", steps=2).sample(images[:1], Misclassification(labels[:1]), [[4]])
+        for model in (tiny_model, padded)
+    ]
+    assert torch.equal(samples[0], samples[1])
+    assert make_attack("iwda", padded).model.batch_granule == 1
