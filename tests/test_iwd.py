@@ -15,6 +15,7 @@ from iwdctl.costs import cost_matrix, cost_matrix_torch, row_nearest
 from iwdctl.errors import InputError
 from iwdctl.images import load_image
 from iwdctl.iwd import (
+    _violated_in_rows,
     analysis_size,
     analysis_view,
     estimate_iwd,
@@ -514,3 +515,17 @@ def test_a_dense_tight_graph_goes_to_the_network_simplex(monkeypatch):
     rows, best = linear_sum_assignment(cost)
     assert calls == [200]
     assert cost[np.arange(200), columns].sum() == pytest.approx(cost[rows, best].sum(), rel=1e-12)
+
+
+def test_exact_pricing_lists_every_negative_reduced_cost_of_its_rows():
+    # The sparse route's exact pricing of rows float32 cannot clear: every violated entry, no other.
+    rng = np.random.default_rng(7)
+    u, v = rng.random((40, 12)), rng.random((40, 12))
+    costs = np.abs(u[:, None] - v[None]).mean(axis=2)
+    row_duals, column_duals = rng.random(40) * 0.4, rng.random(40) * 0.1
+    rows = np.array([3, 17, 39])
+    found = _violated_in_rows(u, v, rows, row_duals, column_duals)
+    reduced = costs - row_duals[:, None] - column_duals[None]
+    expected = [row * 40 + column for row in rows for column in np.flatnonzero(reduced[row] < -1e-13)]
+    assert sorted(found.tolist()) == expected and len(expected) > 5
+    assert len(_violated_in_rows(u, v, np.empty(0, dtype=np.int64), row_duals, column_duals)) == 0
