@@ -38,7 +38,7 @@ from iwdctl.measure import PairResult, plot_histograms  # noqa: E402
 from iwdctl.models import ImageClassifier, load_classifier  # noqa: E402
 
 # method -> images per mode for lite0 on 2 CPU cores (extra options); tiny6 victims attack every
-# method on their whole image set except the GAN.
+# method on their whole image set.
 PLAN: list[tuple[str, int, list[str]]] = [
     ("iwda-ot", 100, []),
     ("iwda-fast", 100, []),
@@ -200,7 +200,7 @@ def main() -> None:
         if not victim.reread:
             data = balanced_subset(victim.data, arguments.per_class, temporary / "subset")
         for method, count, extra in PLAN:
-            if method not in chosen or (method == "iwda" and not victim.reread):
+            if method not in chosen:
                 continue
             count = max(1, round(count * arguments.scale)) if victim.reread else 6 * arguments.per_class
             for mode in [mode for mode in arguments.modes.split(",") if victim.targets or mode == "untargeted"]:
