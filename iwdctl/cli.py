@@ -299,6 +299,9 @@ def attack_command(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("adv"),
     preset: Annotated[Optional[str], typer.Option(help="iwda schedule: paper, cpu or quick.")] = None,
     start_scale: Annotated[Optional[int], typer.Option(help="iwda: scale at which x is injected.")] = None,
+    refine: Annotated[
+        Optional[int], typer.Option(help="iwda: steps of exact-IWD descent after the GAN (0: its raw samples).")
+    ] = None,
     generator: Annotated[
         Optional[Path],
         typer.Option(help="iwda: amortised attack, one forward pass of the generator in an IWDD checkpoint."),
@@ -335,6 +338,7 @@ def attack_command(
     for name, value, minimum in (("--num", num, 1), ("--steps", steps, 1), ("--limit", limit, 1)):
         require_at_least(value, minimum, name)
     require_at_least(start_scale, 0, "--start-scale")
+    require_at_least(refine, 0, "--refine")
     budget = parse_budget(eps) if eps is not None else None
     if target is not None and targets_from is not None:
         raise IwdctlError("give either --target or --targets-from, not both")
@@ -358,7 +362,7 @@ def attack_command(
     # Batch-invariant outputs for jobs of several images; a lone image is not padded (16x its cost).
     victim = classifier.batch_invariant() if len(samples) > 1 else classifier
     options = {"tau": tau, "preset": preset, "start_scale": start_scale, "eps": budget, "steps": steps}
-    options["generator"] = generator
+    options["generator"], options["refine"] = generator, refine
     attack = make_attack(method, victim, **options)
     with progress_bar(quiet or rank > 0, unit="images") as progress:
         attack.progress = progress

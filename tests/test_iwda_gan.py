@@ -14,6 +14,7 @@ from iwdctl.attacks.iwda import (
     stacked_gradient_penalty,
 )
 from iwdctl.criteria import Misclassification
+from iwdctl.iwd import exact_iwd
 
 
 def _side_by_side(images: torch.Tensor) -> torch.Tensor:  # (B, N, 3, H, W) -> (N, B x 3, H, W)
@@ -72,7 +73,10 @@ def test_pyramids_trained_together_match_those_trained_alone(tiny_model, tiny_ba
     seeds = [[11, 12], [21, 22], [31, 32]]
     results = {}
     for together in (1, 3):
-        attack = make_attack("iwda", tiny_model, preset="quick", steps=2, start_scale=0, images_at_once=together)
+        # The GAN alone: the refinement's steps would carry the rounding differences further.
+        attack = make_attack(
+            "iwda", tiny_model, preset="quick", steps=2, start_scale=0, images_at_once=together, refine=0
+        )
         results[together] = attack.sample(images, Misclassification(labels), seeds)
     difference = (results[1] - results[3]).abs()
     assert results[3].shape == (3, 2, 3, 32, 32)
@@ -81,6 +85,32 @@ def test_pyramids_trained_together_match_those_trained_alone(tiny_model, tiny_ba
     # The samples are each image's own (not another image's, nor x itself).
     assert (results[3][:, 0] - images).abs().mean() > 1e-3
     assert (results[3][0] - results[3][1]).abs().mean() > 0.05
+
+
+def test_refinement_makes_samples_adversarial_by_the_margin_and_only_lowers_iwd_after(tiny_model, tiny_batch):
+    images, labels = tiny_batch
+    criterion = Misclassification(labels)
+    seeds = [[5 + index] for index in range(len(images))]
+    raw = make_attack("iwda", tiny_model, preset="quick", refine=0).sample(images, criterion, seeds)[:, 0]
+    attack = make_attack("iwda", tiny_model, preset="quick", refine=20)
+    refined = attack.sample(images, criterion, seeds)[:, 0]
+    refiner = attack.refiner
+    with torch.no_grad():
+        raw_margin, refined_margin = refiner._margin(raw, criterion), refiner._margin(refined, criterion)
+    # The quick GAN's samples are barely adversarial, if at all; refined, every one is by the margin.
+    assert (raw_margin < refiner.kappa).any()
+    assert (refined_margin >= refiner.kappa).all()
+    # From a sample that is adversarial by the margin, the refinement only descends IWD.
+    again = refiner.refine(images, refined, criterion, [torch.Generator().manual_seed(0) for _ in images])
+
+    def iwds(samples: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([exact_iwd(x.double(), y.double()) for x, y in zip(images, samples)])
+
+    before, after = iwds(refined), iwds(again)
+    assert (after <= before * 1.05 + 1e-4).all()
+    assert after.mean() < 0.9 * before.mean()
+    # Still the GAN's re-synthesis, not x.
+    assert (again - images).abs().mean() > 1e-3
 
 
 def test_partial_presets_inject_x_above_scale_zero(tiny_model):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iwdctl.attacks.base import Attack, ImageJob
+from iwdctl.attacks.iwda_ot import IWDAOT
 from iwdctl.criteria import Criterion, bounded_classification_loss
 from iwdctl.errors import InputError
 from iwdctl.images import quantize
@@ -21,6 +22,9 @@ COARSEST_SIDE = 25
 PADDING = 5  # five unpadded 3x3 convolutions shrink each side by 5 pixels
 # Images whose pyramids train together on a GPU by default (IWDA's docstring).
 GPU_IMAGES_AT_ONCE = 16
+# Steps of exact-IWD descent after the GAN, and their Adam step size (IWDA's docstring).
+REFINE_STEPS = 50
+REFINE_LR = 0.5 / 255
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "paper": Preset(2000, None, 128, "the paper's schedule: 2000 iterations on every scale (for GPUs)"),
-    "cpu": Preset(12, 3, 32, "12 iterations on the 3 finest scales, 32 channels (about 1 minute per 224 px image)"),
+    "cpu": Preset(8, 3, 32, "8 iterations on the 3 finest scales, 32 channels (under 1 minute per 224 px image)"),
     "quick": Preset(4, 3, 32, "4 iterations on the 3 finest scales, 32 channels (demos and tests)"),
 }
 
@@ -214,6 +218,15 @@ class IWDA(Attack):
     coarsest generator re-arrange the image freely. K samples come from K noise draws of one trained
     pyramid; up to `draws_per_sample` draws are tried per sample to find adversarial ones.
 
+    Beyond the paper, each sample is then refined by `refine` steps of descent on the exact IWD
+    (IWDAOT's loop started from the sample, Adam step 0.5/255): the critic only estimates IWD, and
+    a short schedule leaves the generator's drift in the sample. The loop keeps the sample adversarial
+    (its margin term returns below kappa) and returns the adversarial rounding of least IWD, so the
+    refinement never raises the sample's patch loss; the scene stays re-synthesised (large l2). On 6
+    nips17 photos against lite0 (preset cpu, untargeted) it took the mean IWD from 0.0076 to 0.0024
+    with 12 iterations per scale and to 0.0013 with 8 (PGD: 0.0046), l2 14; targeted, the GAN's
+    samples lie further out (IWD 0.022-0.027) and it only reached 0.015-0.027.
+
     Up to `images_at_once` images train together: their networks are stacked (`stack_by_image`,
     grouped convolutions), so one optimizer step serves them all and a GPU is kept busy; each image
     keeps its own weights, noise and losses, drawn from its own generator. The float rounding of a
@@ -222,7 +235,8 @@ class IWDA(Attack):
     bitwise equal to those trained alone. Hence one at a time on a CPU (where stacking gains little
     at 224 px), so that outputs do not depend on batch size or sharding, and 16 on a GPU.
     Defaults: tau = 0.1, alpha = 10, lambda = 0.1, kappa = 1.0, preset "cpu" (see PRESETS), start_scale
-    from the preset, steps (iterations per scale) from the preset, images_at_once = 16 on CUDA, else 1.
+    from the preset, steps (iterations per scale) from the preset, images_at_once = 16 on CUDA, else 1,
+    refine = 50.
     """
 
     name = "iwda"
@@ -241,6 +255,7 @@ class IWDA(Attack):
         draws_per_sample: int = 8,
         kappa: float = 1.0,
         images_at_once: int | None = None,
+        refine: int = REFINE_STEPS,
     ) -> None:
         # Its classifier batches do not depend on the job (an image's training steps, its draws), so
         # padding them to a batch-invariant granule buys nothing and costs 16x the classifier (on 2
@@ -251,6 +266,8 @@ class IWDA(Attack):
             raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
         if images_at_once is not None and images_at_once < 1:
             raise InputError(f"images_at_once must be at least 1, not {images_at_once}")
+        if refine < 0:
+            raise InputError(f"refine must be at least 0, not {refine}")
         self.preset = PRESETS[preset]
         self.tau, self.alpha, self.gp_weight, self.lr = tau, alpha, gp_weight, lr
         self.start_scale = start_scale
@@ -258,6 +275,11 @@ class IWDA(Attack):
         self.draws_per_sample = draws_per_sample
         self.kappa = kappa
         self.images_at_once = images_at_once or (GPU_IMAGES_AT_ONCE if self.device.type == "cuda" else 1)
+        self.refiner = (
+            IWDAOT(self.model, tau=tau, kappa=kappa, moves=0, polish=refine, lr=REFINE_LR, max_lr=REFINE_LR)
+            if refine
+            else None
+        )
 
     def _first_scale(self, count: int) -> int:
         if self.start_scale is not None:
@@ -281,9 +303,22 @@ class IWDA(Attack):
         results = []
         for start in range(0, len(images), self.images_at_once):
             part = slice(start, start + self.images_at_once)
-            pyramid = self.train(images[part], criterion.select(part), generators[part])
-            results.append(pyramid.sample(1, criterion.select(part), generators[part], self.draws_per_sample)[:, 0])
+            results.append(self._samples(images[part], criterion.select(part), generators[part], 1)[:, 0])
         return torch.cat(results)
+
+    def _samples(
+        self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator], count: int
+    ) -> torch.Tensor:
+        """`count` samples of each of B images trained together (B, count, 3, H, W), refined."""
+        pyramid = self.train(images, criterion, generators)
+        samples = pyramid.sample(count, criterion, generators, self.draws_per_sample)
+        if self.refiner is None:
+            return samples
+        rows = torch.arange(len(images), device=images.device).repeat_interleave(count)
+        refined = self.refiner.refine(
+            images[rows], samples.flatten(0, 1), criterion.select(rows), [generators[row] for row in rows.tolist()]
+        )
+        return refined.view_as(samples)
 
     def sample(self, images: torch.Tensor, criterion: Criterion, seeds: Sequence[Sequence[int]]) -> torch.Tensor:
         """K samples of each image from K noise draws of one pyramid, trained once per image (its
@@ -295,8 +330,7 @@ class IWDA(Attack):
             for start in range(0, len(images), self.images_at_once):
                 part = slice(start, start + self.images_at_once)
                 part_images = images[part].detach().to(self.device)
-                pyramid = self.train(part_images, criterion.select(part), generators[part])
-                results.append(pyramid.sample(count, criterion.select(part), generators[part], self.draws_per_sample))
+                results.append(self._samples(part_images, criterion.select(part), generators[part], count))
             return torch.cat(results)
 
         return self._run(draw, [image_seeds[0] for image_seeds in seeds])

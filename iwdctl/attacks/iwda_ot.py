@@ -90,17 +90,15 @@ class IWDAOT(PatchDistributionAttack):
         self.size, self.rematch, self.moves = size, rematch, moves
 
     def starts(self, specs: Sequence[RowSpec]) -> torch.Tensor:
-        if not self.moves:
-            return super().starts(specs)
         # One pool of moves per image, ranked once for all its samples: sample k starts from the k-th.
         pending = list({id(spec.group): spec for spec in specs if spec.group.starts is None}.values())
-        for count in sorted({spec.group.count for spec in pending}):
+        for count in sorted({spec.group.count for spec in pending} if self.moves else ()):
             alike = [spec for spec in pending if spec.group.count == count]
             images = torch.stack([spec.image for spec in alike])
             generators = [spec.group.generator for spec in alike]
             for spec, starts in zip(alike, rearrange(images, generators, self.size, self.patch, self.moves, count)):
                 spec.group.starts = starts
-        return torch.stack([spec.group.starts[spec.sample] for spec in specs])
+        return super().starts(specs)
 
     def _patches(self, images: torch.Tensor) -> torch.Tensor:
         """(N, P, 3 k^2): the patches of each image's analysis view."""

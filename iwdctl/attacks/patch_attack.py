@@ -28,7 +28,7 @@ class SampleGroup:
 
     generator: torch.Generator  # seeded like the image's first sample
     count: int  # K
-    starts: torch.Tensor | None = None  # (K, 3, H, W) once drawn, by the subclass that draws them
+    starts: torch.Tensor | None = None  # (K, 3, H, W): given (refine), or drawn by the subclass that draws them
 
 
 @dataclass
@@ -116,13 +116,28 @@ class PatchDistributionAttack(Attack):
     # ----- the three entry points ----------------------------------------------------------------
 
     def forward(self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]) -> torch.Tensor:
+        return self.refine(images, None, criterion, generators)
+
+    def refine(
+        self,
+        images: torch.Tensor,
+        starts: torch.Tensor | None,
+        criterion: Criterion,
+        generators: list[torch.Generator],
+    ) -> torch.Tensor:
+        """`forward` from given starts (N, 3, H, W), e.g. another attack's examples (None: the attack's
+        own starts). A start that is already adversarial takes `polish` steps that lower D."""
         specs = [
             RowSpec(
                 index,
                 images[index],
                 criterion.select(slice(index, index + 1)),
                 generator,
-                SampleGroup(torch.Generator().manual_seed(generator.initial_seed()), 1),
+                SampleGroup(
+                    torch.Generator().manual_seed(generator.initial_seed()),
+                    1,
+                    None if starts is None else starts[index : index + 1].detach().to(self.device),
+                ),
                 0,
             )
             for index, generator in enumerate(generators)
@@ -168,8 +183,16 @@ class PatchDistributionAttack(Attack):
     # ----- the loop ------------------------------------------------------------------------------
 
     def starts(self, specs: Sequence[RowSpec]) -> torch.Tensor:
-        """(n, 3, H, W) where the admitted rows' optimizations start."""
-        return torch.stack([self._start(spec.image, spec.generator, spec.sample > 0) for spec in specs])
+        """(n, 3, H, W) where the admitted rows' optimizations start: their group's starts where it has
+        them, else x for sample 0 and shifted copies for the others."""
+        return torch.stack(
+            [
+                spec.group.starts[spec.sample]
+                if spec.group.starts is not None
+                else self._start(spec.image, spec.generator, spec.sample > 0)
+                for spec in specs
+            ]
+        )
 
     def _start(self, image: torch.Tensor, generator: torch.Generator, shifted: bool) -> torch.Tensor:
         if not shifted:
