@@ -59,6 +59,7 @@ def _bad_inputs(tmp_path):
         "defend unknown method": ["defend", "--data", str(tmp_path / "flat"), "--method", "magic"],
         "attack unknown method": ["attack", str(tmp_path / "flat"), "--method", "magic"],
         "attack unknown target": ["attack", str(tmp_path / "flat"), "--target", "barnn"],
+        "attack negative refine": ["attack", str(tmp_path / "flat"), "--method", "iwda", "--refine", "-1"],
         "eval unknown attack": [
             "eval",
             "--model",
@@ -87,6 +88,7 @@ def _bad_inputs(tmp_path):
         "defend unknown method",
         "attack unknown method",
         "attack unknown target",
+        "attack negative refine",
         "eval unknown attack",
     ],
 )

@@ -126,7 +126,7 @@ class PatchDistributionAttack(Attack):
         generators: list[torch.Generator],
     ) -> torch.Tensor:
         """`forward` from given starts (N, 3, H, W), e.g. another attack's examples (None: the attack's
-        own starts). A start that is already adversarial takes `polish` steps that lower D."""
+        own starts). A start already adversarial by the margin takes `polish` steps that lower D."""
         specs = [
             RowSpec(
                 index,
