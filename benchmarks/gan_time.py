@@ -2,11 +2,11 @@
 
 On nips17 photos against efficientnet_lite0 (224 x 224: 9 scales, 32 to 128 channels), the chosen
 preset with `--steps` iterations per scale (the paper's 2000 would take hours per configuration), for
-each B in `--together`: whole-attack seconds (training every scale, then sampling), seconds per
+each B in `--together`: whole-attack seconds (training every scale, then sampling and the refinement), seconds per
 iteration summed over the scales, and the projection to the preset's own iteration count, per image
 (divided by B). Training time is linear in the iterations (each iteration is the same 3 critic and 3
 generator steps), so the projection is the measured per-iteration time times the preset's iterations;
-sampling and set-up are added once. Success and IWD of such short runs are not the paper's figures.
+sampling, refinement and set-up are added once. Success and IWD of such short runs are not the paper's figures.
 
     python benchmarks/gan_time.py [--preset paper] [--steps 4] [--together 1,8,32] [--device cuda]
         # writes benchmarks/results/gan_time_<device>.md
