@@ -362,7 +362,7 @@ def attack_command(
     # Batch-invariant outputs for jobs of several images; a lone image is not padded (16x its cost).
     victim = classifier.batch_invariant() if len(samples) > 1 else classifier
     options = {"tau": tau, "preset": preset, "start_scale": start_scale, "eps": budget, "steps": steps}
-    options["generator"], options["refine"] = generator, refine
+    options |= {"generator": generator, "refine": refine}
     attack = make_attack(method, victim, **options)
     with progress_bar(quiet or rank > 0, unit="images") as progress:
         attack.progress = progress

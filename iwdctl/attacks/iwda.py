@@ -301,25 +301,29 @@ class IWDA(Attack):
         return bounded_classification_loss(criterion.select(rows), logits, self.kappa) * len(images)
 
     def forward(self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]) -> torch.Tensor:
-        results = []
-        for start in range(0, len(images), self.images_at_once):
-            part = slice(start, start + self.images_at_once)
-            results.append(self._samples(images[part], criterion.select(part), generators[part], 1)[:, 0])
-        return torch.cat(results)
+        return self._samples(images, criterion, generators, 1)[:, 0]
 
     def _samples(
         self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator], count: int
     ) -> torch.Tensor:
-        """`count` samples of each of B images trained together (B, count, 3, H, W), refined."""
-        pyramid = self.train(images, criterion, generators)
-        samples = pyramid.sample(count, criterion, generators, self.draws_per_sample)
-        if self.refiner is None:
-            return samples
-        rows = torch.arange(len(images), device=images.device).repeat_interleave(count)
-        refined = self.refiner.refine(
-            images[rows], samples.flatten(0, 1), criterion.select(rows), [generators[row] for row in rows.tolist()]
-        )
-        return refined.view_as(samples)
+        """`count` refined samples of each image (B, count, 3, H, W), `images_at_once` trained together."""
+        results = []
+        for start in range(0, len(images), self.images_at_once):
+            part = slice(start, start + self.images_at_once)
+            part_images, part_criterion, part_generators = images[part], criterion.select(part), generators[part]
+            pyramid = self.train(part_images, part_criterion, part_generators)
+            samples = pyramid.sample(count, part_criterion, part_generators, self.draws_per_sample)
+            if self.refiner is not None:
+                rows = torch.arange(len(part_images), device=images.device).repeat_interleave(count)
+                flat = self.refiner.refine(
+                    part_images[rows],
+                    samples.flatten(0, 1),
+                    part_criterion.select(rows),
+                    [part_generators[row] for row in rows.tolist()],
+                )
+                samples = flat.view_as(samples)
+            results.append(samples)
+        return torch.cat(results)
 
     def sample(self, images: torch.Tensor, criterion: Criterion, seeds: Sequence[Sequence[int]]) -> torch.Tensor:
         """K samples of each image from K noise draws of one pyramid, trained once per image (its
@@ -327,12 +331,7 @@ class IWDA(Attack):
         count = len(seeds[0])
 
         def draw(generators: list[torch.Generator]) -> torch.Tensor:
-            results = []
-            for start in range(0, len(images), self.images_at_once):
-                part = slice(start, start + self.images_at_once)
-                part_images = images[part].detach().to(self.device)
-                results.append(self._samples(part_images, criterion.select(part), generators[part], count))
-            return torch.cat(results)
+            return self._samples(images.detach().to(self.device), criterion, generators, count)
 
         return self._run(draw, [image_seeds[0] for image_seeds in seeds])
 
