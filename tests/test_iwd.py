@@ -497,23 +497,31 @@ def test_the_network_simplex_is_an_optimal_matching():
     assert cost[np.arange(300), columns].sum() == pytest.approx(cost[rows, best].sum(), rel=1e-12)
 
 
-def test_a_dense_tight_graph_goes_to_the_network_simplex(monkeypatch):
+@pytest.mark.parametrize("route", ["float64", "float32"])
+def test_a_dense_tight_graph_goes_to_the_network_simplex(monkeypatch, route):
     """Where the certificate fails and the auction leaves more tight edges per row than the searches
-    handle well, the whole matrix goes to the network simplex; the matching stays optimal."""
-    calls: list[int] = []
+    handle well, the whole matrix goes to the network simplex; the matching stays optimal. The float32
+    route hands it the exact matrix."""
+    calls: list[np.ndarray] = []
     simplex = assignment.network_simplex
 
     def recording(cost):  # type: ignore[no-untyped-def]
-        calls.append(len(cost))
+        calls.append(cost)
         return simplex(cost)
 
     monkeypatch.setattr(assignment, "network_simplex", recording)
     monkeypatch.setattr(assignment, "SIMPLEX_EDGES_PER_ROW", 0)
     monkeypatch.setattr(assignment, "_certified_optimum", lambda *args: None)
+    monkeypatch.setattr(assignment, "cancel_and_repair", lambda n, *args: (None, None, False))
     cost = np.random.default_rng(5).random((200, 200))
-    columns = assignment.min_cost_assignment(cost)
+    if route == "float64":
+        columns = assignment.min_cost_assignment(cost)
+    else:
+        columns = assignment.min_cost_assignment_within(
+            cost.astype(np.float32), lambda rows, columns: cost[rows, columns]
+        )
     rows, best = linear_sum_assignment(cost)
-    assert calls == [200]
+    assert len(calls) == 1 and calls[0].dtype == np.float64 and np.array_equal(calls[0], cost)
     assert cost[np.arange(200), columns].sum() == pytest.approx(cost[rows, best].sum(), rel=1e-12)
 
 
@@ -529,3 +537,10 @@ def test_exact_pricing_lists_every_negative_reduced_cost_of_its_rows():
     expected = [row * 40 + column for row in rows for column in np.flatnonzero(reduced[row] < -1e-13)]
     assert sorted(found.tolist()) == expected and len(expected) > 5
     assert len(_violated_in_rows(u, v, np.empty(0, dtype=np.int64), row_duals, column_duals)) == 0
+
+
+def test_sorted_unique_equals_numpy_unique():
+    rng = np.random.default_rng(3)
+    parts = [np.sort(rng.integers(0, 50, 40)), rng.integers(0, 50, 30), np.empty(0, dtype=np.int64)]
+    assert np.array_equal(assignment.sorted_unique(*parts), np.unique(np.concatenate(parts)))
+    assert len(assignment.sorted_unique(np.empty(0, dtype=np.int64))) == 0
