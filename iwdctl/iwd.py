@@ -340,20 +340,23 @@ def _assignment(
         columns = _sparse_optimum(x, y, u, v, patch, threads)
         if columns is not None:
             return columns
-    count = int(keep_u.sum())
-    if count > FLOAT32_ASSIGNMENT_SIZE:
+
+    def kept(matrix: np.ndarray) -> np.ndarray:
+        return matrix if keep_u.all() else matrix[np.ix_(keep_u, keep_v)]
+
+    def exact_matrix() -> np.ndarray:
+        return kept(cost_matrix(x, y, patch, stride, threads))
+
+    if int(keep_u.sum()) > FLOAT32_ASSIGNMENT_SIZE:
         # Half the memory and memory traffic; the certificate and the final solve use exact costs.
-        cost = cost_matrix(x, y, patch, stride, threads, dtype=np.float32)
-        if not keep_u.all():
-            cost = cost[np.ix_(keep_u, keep_v)]
         kept_u, kept_v = u[keep_u], v[keep_v]
         return min_cost_assignment_within(
-            cost, lambda rows, columns: pair_costs(kept_u, kept_v, rows, columns), threads
+            kept(cost_matrix(x, y, patch, stride, threads, dtype=np.float32)),
+            lambda rows, columns: pair_costs(kept_u, kept_v, rows, columns),
+            threads,
+            exact_matrix,
         )
-    cost = cost_matrix(x, y, patch, stride, threads)
-    if not keep_u.all():
-        cost = cost[np.ix_(keep_u, keep_v)]
-    return min_cost_assignment(cost, threads)
+    return min_cost_assignment(exact_matrix(), threads)
 
 
 def _device_assignment(x: Any, y: Any, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int) -> np.ndarray:

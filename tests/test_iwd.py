@@ -501,7 +501,7 @@ def test_the_network_simplex_is_an_optimal_matching():
 def test_a_dense_tight_graph_goes_to_the_network_simplex(monkeypatch, route):
     """Where the certificate fails and the auction leaves more tight edges per row than the searches
     handle well, the whole matrix goes to the network simplex; the matching stays optimal. The float32
-    route hands it the exact matrix."""
+    route builds the exact matrix for it."""
     calls: list[np.ndarray] = []
     simplex = assignment.network_simplex
 
@@ -518,7 +518,7 @@ def test_a_dense_tight_graph_goes_to_the_network_simplex(monkeypatch, route):
         columns = assignment.min_cost_assignment(cost)
     else:
         columns = assignment.min_cost_assignment_within(
-            cost.astype(np.float32), lambda rows, columns: cost[rows, columns]
+            cost.astype(np.float32), lambda rows, columns: cost[rows, columns], exact_matrix=lambda: cost
         )
     rows, best = linear_sum_assignment(cost)
     assert len(calls) == 1 and calls[0].dtype == np.float64 and np.array_equal(calls[0], cost)
