@@ -598,7 +598,12 @@ FLOAT32_RELATIVE_ERROR = 2.0**-22
 MAX_PRICING_ROUNDS = 20
 
 
-def min_cost_assignment_within(cost: np.ndarray, exact_costs, threads: int = 1, exact_matrix=None) -> np.ndarray:  # type: ignore[no-untyped-def]
+def min_cost_assignment_within(
+    cost: np.ndarray,
+    exact_costs: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    threads: int = 1,
+    exact_matrix: Callable[[], np.ndarray] | None = None,
+) -> np.ndarray:
     """An exact minimum-cost perfect matching of a large problem whose matrix is stored in float32.
 
     `cost` holds the costs rounded to float32; `exact_costs(rows, columns)` gives any edges' exact

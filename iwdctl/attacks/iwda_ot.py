@@ -92,13 +92,15 @@ class IWDAOT(PatchDistributionAttack):
     def starts(self, specs: Sequence[RowSpec]) -> torch.Tensor:
         # One pool of moves per image, ranked once for all its samples: sample k starts from the k-th.
         # Groups given their starts (refine) keep them; without moves, the base class's starts.
-        pending = list({id(spec.group): spec for spec in specs if spec.group.starts is None}.values())
-        for count in sorted({spec.group.count for spec in pending}) if self.moves else []:
-            alike = [spec for spec in pending if spec.group.count == count]
-            images = torch.stack([spec.image for spec in alike])
-            generators = [spec.group.generator for spec in alike]
-            for spec, starts in zip(alike, rearrange(images, generators, self.size, self.patch, self.moves, count)):
-                spec.group.starts = starts
+        if self.moves:
+            pending = list({id(spec.group): spec for spec in specs if spec.group.starts is None}.values())
+            for count in sorted({spec.group.count for spec in pending}):
+                alike = [spec for spec in pending if spec.group.count == count]
+                images = torch.stack([spec.image for spec in alike])
+                generators = [spec.group.generator for spec in alike]
+                moved = rearrange(images, generators, self.size, self.patch, self.moves, count)
+                for spec, starts in zip(alike, moved):
+                    spec.group.starts = starts
         return super().starts(specs)
 
     def _patches(self, images: torch.Tensor) -> torch.Tensor:
