@@ -434,8 +434,8 @@ def test_degenerate_pairs_are_certified_without_the_searches(monkeypatch):
     tight_per_row: list[float] = []
     tight = assignment.tight_edges
 
-    def recording(cost, prices, assigned, threads=1):  # type: ignore[no-untyped-def]
-        rows, columns = tight(cost, prices, assigned, threads)
+    def recording(cost, prices, assigned, *rest):  # type: ignore[no-untyped-def]
+        rows, columns = tight(cost, prices, assigned, *rest)
         tight_per_row.append(len(rows) / len(cost))
         return rows, columns
 
@@ -544,3 +544,34 @@ def test_sorted_unique_equals_numpy_unique():
     parts = [np.sort(rng.integers(0, 50, 40)), rng.integers(0, 50, 30), np.empty(0, dtype=np.int64)]
     assert np.array_equal(assignment.sorted_unique(*parts), np.unique(np.concatenate(parts)))
     assert len(assignment.sorted_unique(np.empty(0, dtype=np.int64))) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("tied", [False, True])
+def test_block_floors_skip_only_blocks_that_cannot_matter(dtype, tied):
+    """The passes read a block only where its cost floor (plus a price or dual floor) does not rule it
+    out: the auction's columns and prices, the row minima and the edges below a threshold are those
+    of reading every block (floors of -inf), on matrices with and without exact ties, whose size is
+    not a multiple of the block."""
+    rng = np.random.default_rng(7)
+    n = 5 * assignment.SCAN_BLOCK + 17
+    # Points on a line, the columns' in order: far blocks have high floors (as far patches do).
+    rows, columns = rng.random(n), np.sort(rng.random(n))
+    cost = np.abs(rows[:, None] - columns[None]) + 0.1 * rng.random((n, n))
+    cost = (np.round(cost * 12) / 12 if tied else cost).astype(dtype)
+    floors, top = assignment.block_floors(cost, threads=2)
+    assert floors.shape == (n, n // assignment.SCAN_BLOCK) and top == pytest.approx(float(cost.max() - cost.min()))
+    blocked = n - n % assignment.SCAN_BLOCK
+    assert np.array_equal(floors, cost[:, :blocked].reshape(n, -1, assignment.SCAN_BLOCK).min(axis=2))
+    unbounded = np.full_like(floors, -np.inf)
+    eps_end = assignment.FINAL_TOTAL_GAP / n
+    skipping = assignment.auction(cost, floors, top / 32, eps_end, assignment.SCALING)
+    reading = assignment.auction(cost, unbounded, top / 32, eps_end, assignment.SCALING)
+    assert np.array_equal(skipping[0], reading[0]) and np.array_equal(skipping[1], reading[1])
+    assigned, prices = skipping
+    row_minima = assignment.row_minima(cost, prices, 2, floors)
+    assert np.array_equal(row_minima, (cost + prices).min(axis=1))
+    for absolute, relative in [(1e-3, 0.0), (0.0, 2.0**-22), (0.05, 0.01)]:
+        skipped = assignment.edges_below(cost, row_minima, -prices, absolute, relative, 2, floors)
+        read = assignment.edges_below(cost, row_minima, -prices, absolute, relative, 2)
+        assert len(read[0]) >= n and all(np.array_equal(a, b) for a, b in zip(skipped, read))
