@@ -102,7 +102,9 @@ def _auction(cost, cost_floors, eps_start, eps_end, scaling):  # type: ignore[no
     A bid needs the row's best and second-best value c_ij + p_j. Prices only rise (they carry over
     between phases), so after a full scan the row's CACHED_CANDIDATES smallest columns are kept with
     the next smallest value as a bound: no other column can fall below it later. A bid whose best
-    two among the cached columns are within the bound is exact without a scan (most bids).
+    two among the cached columns are within the bound is exact without a scan (most bids). The cached
+    columns' costs are kept beside them: one contiguous read instead of one per column of a row that
+    is no longer in cache (5-15% of the auction at 128 px).
 
     A full scan tests blocks of SCAN_BLOCK columns for any value below the current threshold (a loop
     the compiler vectorises) and inserts only from blocks that have one. The threshold starts at the
@@ -121,6 +123,7 @@ def _auction(cost, cost_floors, eps_start, eps_end, scaling):  # type: ignore[no
     assigned = np.empty(n, dtype=np.int64)
     waiting = np.empty(n, dtype=np.int64)
     cached = np.zeros((n, width + 1), dtype=np.int64)  # the last slot: the bound's column
+    cached_costs = np.zeros((n, width + 1), dtype=cost.dtype)  # theirs: one read, not one per column
     bound = np.full(n, -np.inf)  # below any value: the first bid of every row scans
     top_values = np.empty(width + 1)
     top_columns = np.zeros(width + 1, dtype=np.int64)
@@ -147,7 +150,7 @@ def _auction(cost, cost_floors, eps_start, eps_end, scaling):  # type: ignore[no
             best_column = 0
             for slot in range(width):
                 column = cached[row, slot]
-                value = values[column] + prices[column]
+                value = cached_costs[row, slot] + prices[column]
                 if value < second:
                     if value < best:
                         second = best
@@ -162,7 +165,7 @@ def _auction(cost, cost_floors, eps_start, eps_end, scaling):  # type: ignore[no
                     worst = -np.inf
                     for slot in range(width + 1):
                         column = cached[row, slot]
-                        worst = max(worst, values[column] + prices[column])
+                        worst = max(worst, cached_costs[row, slot] + prices[column])
                     worst = np.nextafter(worst, np.inf)  # the cached columns pass the strict test
                 for slot in range(width + 1):
                     top_values[slot] = np.inf
@@ -179,6 +182,7 @@ def _auction(cost, cost_floors, eps_start, eps_end, scaling):  # type: ignore[no
                 _insert_smallest_kernel(values, prices, blocked, n, worst, top_values, top_columns)
                 for slot in range(width + 1):
                     cached[row, slot] = top_columns[slot]
+                    cached_costs[row, slot] = values[top_columns[slot]]
                 bound[row] = top_values[width]
                 best = top_values[0]
                 best_column = top_columns[0]
