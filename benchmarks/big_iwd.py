@@ -67,7 +67,7 @@ def main() -> None:
                 command = ["iwdctl", "measure", *pair, "--size", "128", "--json", str(report_path), "-q"]
                 subprocess.run(command, check=True, capture_output=True)
                 wholes.append(time.perf_counter() - start)
-                assert all(pair["iwd_exact"] for pair in json.loads(report_path.read_text())["pairs"])
+                assert all(entry["iwd_exact"] for entry in json.loads(report_path.read_text())["pairs"])
             count = len(names)
             rows.append(
                 f"| {kind} | {seconds['float64'] / count:.2f} | {seconds['float32'] / count:.2f} | "
