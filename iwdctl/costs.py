@@ -28,12 +28,14 @@ def as_array(image: Any, dtype: type) -> np.ndarray:
     return np.ascontiguousarray(image, dtype=dtype)
 
 
-def _diagonal_window_sums(x, y, k, deltas, out):  # type: ignore[no-untyped-def]
-    """out[r1 * Q + q1, r2 * Q + q2] = sum of |x - y| over channels and the k x k windows at (r1, q1)
-    in x and (r2, q2) in y, for the patch-row diagonals r2 - r1 in `deltas` (sums, not means)."""
+def _diagonal_window_means(x, y, k, deltas, out):  # type: ignore[no-untyped-def]
+    """out[r1 * Q + q1, r2 * Q + q2] = mean of |x - y| over channels and the k x k windows at (r1, q1)
+    in x and (r2, q2) in y, for the patch-row diagonals r2 - r1 in `deltas`. Sums in float64, one
+    division, one rounding to out's dtype (a separate division pass cost 0.1-0.2 s at 128 px)."""
     channels, height, width = x.shape
     rows = height - k + 1
     cols = width - k + 1
+    terms = channels * k * k
     pixel = np.empty((width, width))
     ring = np.empty((k, cols, cols))
     for delta in deltas:
@@ -64,11 +66,11 @@ def _diagonal_window_sums(x, y, k, deltas, out):  # type: ignore[no-untyped-def]
                     total = ring[0, q1, q2]
                     for a in range(1, k):
                         total += ring[a, q1, q2]
-                    row[r2 * cols + q2] = total
+                    row[r2 * cols + q2] = total / terms
 
 
 def _diagonal_row_nearest(x, y, k, deltas, offsets, values, columns):  # type: ignore[no-untyped-def]
-    """The same sweep as _diagonal_window_sums, keeping per row only its K smallest values of
+    """The same sweep as _diagonal_window_means (sums), keeping per row only its K smallest values of
     sum - offsets[column] (ascending in values[row], K = values.shape[1]) and their columns, instead
     of writing the matrix."""
     channels, height, width = x.shape
@@ -134,7 +136,7 @@ def _listed_costs(u, v, rows, columns, out):  # type: ignore[no-untyped-def]
         out[k] = total / terms
 
 
-_kernel = numba.njit(nogil=True, cache=True)(_diagonal_window_sums) if numba is not None else None
+_kernel = numba.njit(nogil=True, cache=True)(_diagonal_window_means) if numba is not None else None
 _listed_kernel = numba.njit(nogil=True, cache=True)(_listed_costs) if numba is not None else None
 _nearest_kernel = numba.njit(nogil=True, cache=True)(_diagonal_row_nearest) if numba is not None else None
 
@@ -211,8 +213,8 @@ def cost_matrix(
     threads: int = 1,
     dtype: type = np.float64,
 ) -> np.ndarray:
-    """C[i, j] = mean |u_i - v_j| for two images (3, H, W), as a NumPy array. The sums are taken in
-    float64 whatever `dtype`; float32 storage only rounds each entry (and its division)."""
+    """C[i, j] = mean |u_i - v_j| for two images (3, H, W), as a NumPy array. The sums and the division
+    are in float64 whatever `dtype`; float32 storage only rounds each mean once."""
     if _kernel is None or stride != 1 or (hasattr(x, "detach") and x.device.type != "cpu"):
         import torch
 
@@ -229,7 +231,6 @@ def cost_matrix(
         # Interleaved diagonals balance their different lengths; each thread writes its own entries.
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(lambda part: _kernel(xs, ys, patch, deltas[part::threads], out), range(threads)))
-    out /= xs.shape[0] * patch * patch
     return out
 
 
