@@ -31,7 +31,7 @@ def as_array(image: Any, dtype: type) -> np.ndarray:
 def _diagonal_window_means(x, y, k, deltas, out):  # type: ignore[no-untyped-def]
     """out[r1 * Q + q1, r2 * Q + q2] = mean of |x - y| over channels and the k x k windows at (r1, q1)
     in x and (r2, q2) in y, for the patch-row diagonals r2 - r1 in `deltas`. Sums in float64, one
-    division, one rounding to out's dtype (a separate division pass cost 0.1-0.2 s at 128 px)."""
+    division, one rounding to out's dtype (not a second rounding and a pass of its own: 0.04 s at 128 px)."""
     channels, height, width = x.shape
     rows = height - k + 1
     cols = width - k + 1
