@@ -592,7 +592,8 @@ def min_cost_assignment(cost: np.ndarray, threads: int = 1) -> np.ndarray:
         from scipy.optimize import linear_sum_assignment  # only without numba: a half-second import
 
         return linear_sum_assignment(cost)[1].astype(np.int64)
-    return _exact_matrix_finish(cost, _auction_and_tight_edges(cost, threads), threads, exact_floors=True)
+    auctioned = _auction_and_tight_edges(cost, threads)
+    return _exact_matrix_finish(cost, auctioned, threads, auctioned.floors)
 
 
 @dataclass
@@ -608,14 +609,15 @@ class _Auctioned:
     top: float
 
 
-def _exact_matrix_finish(cost: np.ndarray, auctioned: _Auctioned, threads: int, exact_floors: bool) -> np.ndarray:
+def _exact_matrix_finish(
+    cost: np.ndarray, auctioned: _Auctioned, threads: int, floors: np.ndarray | None
+) -> np.ndarray:
     """The optimum of the exact float64 matrix from an auction's assignment, prices and tight graph:
     the assignment proved by repaired duals, else the network simplex where the graph is too dense for
-    the searches, else the shortest-path finish on the graph. `exact_floors`: the auction ran on this
-    matrix, so its floors bound this matrix's entries (a float32 copy's may lie above them)."""
+    the searches, else the shortest-path finish on the graph. `floors`: this matrix's block floors,
+    or None (those of a float32 copy may lie above its entries)."""
     n = len(cost)
     assigned, prices, rows, columns = auctioned.assigned, auctioned.prices, auctioned.rows, auctioned.columns
-    floors = auctioned.floors if exact_floors else None
     if (certified := _certified_optimum(cost, rows, columns, assigned, prices, threads, floors)) is not None:
         return certified
     if len(rows) > SIMPLEX_EDGES_PER_ROW * n and (simplex := network_simplex(cost)) is not None:
@@ -729,15 +731,15 @@ def min_cost_assignment_within(
     solved again. When no entry violates the duals, they certify the matching optimal for the exact
     costs. Where the tight graph is degenerate (more than SIMPLEX_EDGES_PER_ROW edges per row) and
     `exact_matrix()` can give the float64 matrix (up to EXACT_MATRIX_SIZE), the problem is finished
-    on it as min_cost_assignment finishes it (the 4 darkest nips17 photos' noisy copies at 64 px:
-    1.15 s per pair before, 1.00-1.11 s after; 0.78 s on the float64 route, whose auction is faster
-    on their ties).
+    on it as min_cost_assignment finishes it (the 4 darkest nips17 photos' noisy copies at 64 px,
+    before the block floors: 1.15 s per pair before, 1.00-1.11 s after; 0.78 s on the float64 route,
+    whose auction was faster on their ties).
     """
     n = cost.shape[0]
     auctioned = _auction_and_tight_edges(cost, threads)
     assigned, prices, rows, columns = auctioned.assigned, auctioned.prices, auctioned.rows, auctioned.columns
     if exact_matrix is not None and len(rows) > SIMPLEX_EDGES_PER_ROW * n and n <= EXACT_MATRIX_SIZE:
-        return _exact_matrix_finish(exact_matrix(), auctioned, threads, exact_floors=False)
+        return _exact_matrix_finish(exact_matrix(), auctioned, threads, None)
     keys = sorted_unique(rows * n + columns, np.arange(n) * n + assigned)
     rows, columns = keys // n, keys % n
     costs = exact_costs(rows, columns)
