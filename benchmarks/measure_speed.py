@@ -111,19 +111,14 @@ def compare(
     worst = 0.0
     for device in devices:
         report_path = folder / f"r{size}_{device}.json"
+        options = ["--size", str(size), "--device", device, "-q"]
         # Untimed, on this kind's first pair: numba compiles a kernel's new signatures once (after an
         # install or an edit of the kernels), which is not what a run costs.
-        warm_up = [str(folder / "orig" / names[0].name), str(folder / "adv" / names[0].name)]
-        subprocess.run(
-            ["iwdctl", "measure", *warm_up, "--size", str(size), "--device", device, "-q"],
-            check=True,
-            capture_output=True,
-        )
-        command = ["iwdctl", "measure", str(folder / "orig"), str(folder / "adv"), "--size", str(size)]
+        first_pair = [str(folder / "orig" / names[0].name), str(folder / "adv" / names[0].name)]
+        subprocess.run(["iwdctl", "measure", *first_pair, *options], check=True, capture_output=True)
+        command = ["iwdctl", "measure", str(folder / "orig"), str(folder / "adv"), *options]
         start = time.perf_counter()
-        subprocess.run(
-            [*command, "--device", device, "--json", str(report_path), "-q"], check=True, capture_output=True
-        )
+        subprocess.run([*command, "--json", str(report_path)], check=True, capture_output=True)
         seconds[device] = time.perf_counter() - start
         pairs = json.loads(report_path.read_text())["pairs"]
         assert all(pair["iwd_exact"] for pair in pairs)
