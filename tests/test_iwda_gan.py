@@ -13,7 +13,7 @@ from iwdctl.attacks.iwda import (
     stack_by_image,
     stacked_gradient_penalty,
 )
-from iwdctl.criteria import Misclassification
+from iwdctl.criteria import Misclassification, TargetedMisclassification
 from iwdctl.iwd import exact_iwd
 
 
@@ -112,6 +112,23 @@ def test_refinement_makes_samples_adversarial_by_the_margin_and_only_lowers_iwd_
     assert after.mean() < 0.95 * before.mean()
     # Still the GAN's re-synthesis, not x.
     assert (again - images).abs().mean() > 1e-3
+
+
+def test_short_presets_leave_the_classification_to_the_refinement(tiny_model, tiny_batch):
+    # Followed by a refinement, the quick GAN re-synthesises x whatever the target; without one it
+    # is the paper's GAN, tau * L_c in the generator's loss, and its samples depend on the target.
+    images = tiny_batch[0][:2]
+    classes = tiny_model.num_classes
+
+    def gan_samples(refine: int, shift: int) -> torch.Tensor:
+        attack = make_attack("iwda", tiny_model, preset="quick", steps=2, refine=refine)
+        criterion = TargetedMisclassification((tiny_batch[1][:2] + shift) % classes)
+        generators = [torch.Generator().manual_seed(7 + index) for index in range(len(images))]
+        return attack.train(images, criterion, generators).sample(1, criterion, generators, 1)
+
+    assert torch.equal(gan_samples(20, 1), gan_samples(20, 2))
+    assert not torch.equal(gan_samples(0, 1), gan_samples(0, 2))
+    assert make_attack("iwda", tiny_model, preset="paper").gan_tau == 0.1  # the paper's schedule keeps it
 
 
 def test_partial_presets_inject_x_above_scale_zero(tiny_model):
