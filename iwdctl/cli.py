@@ -300,7 +300,7 @@ def attack_command(
     preset: Annotated[Optional[str], typer.Option(help="iwda schedule: paper, cpu or quick.")] = None,
     start_scale: Annotated[Optional[int], typer.Option(help="iwda: scale at which x is injected.")] = None,
     refine: Annotated[
-        Optional[int], typer.Option(help="iwda: steps of exact-IWD descent after the GAN (0: its raw samples).")
+        Optional[int], typer.Option(help="iwda: exact-IWD steps once a GAN sample fools (0: the GAN's own samples).")
     ] = None,
     generator: Annotated[
         Optional[Path],

@@ -22,7 +22,7 @@ COARSEST_SIDE = 25
 PADDING = 5  # five unpadded 3x3 convolutions shrink each side by 5 pixels
 # Images whose pyramids train together on a GPU by default (IWDA's docstring).
 GPU_IMAGES_AT_ONCE = 16
-# Steps of exact-IWD descent after the GAN, and their Adam step size (IWDA's docstring).
+# Steps of exact-IWD descent once a GAN sample is adversarial, and the Adam step size (IWDA's docstring).
 REFINE_STEPS = 50
 REFINE_LR = 0.5 / 255
 
