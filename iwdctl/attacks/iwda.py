@@ -284,7 +284,7 @@ class IWDA(Attack):
         if refine < 0:
             raise InputError(f"refine must be at least 0, not {refine}")
         self.preset = PRESETS[preset]
-        self.tau, self.alpha, self.gp_weight, self.lr = tau, alpha, gp_weight, lr
+        self.alpha, self.gp_weight, self.lr = alpha, gp_weight, lr
         # The generator's weight on L_c: the refinement carries it where it follows a short preset.
         self.gan_tau = tau if self.preset.classifies or not refine else 0.0
         self.start_scale = start_scale
