@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from iwdctl.classes import ClassIndex
-from iwdctl.errors import ClassNameError, InputError
+from iwdctl.errors import ClassNameError, InputError, IwdctlError
 from iwdctl.images import is_image_file, load_image, preprocess
+
+T = TypeVar("T")
 
 FILE_COLUMNS = ("ImageId", "file", "filename", "path", "image", "image_id")
 LABEL_COLUMNS = ("TrueLabel", "label", "class", "true_label", "y")
@@ -203,7 +206,20 @@ def batches(
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
     )
-    yield from loader
+    yield from from_workers(loader)
+
+
+def from_workers(loader: Iterable[T]) -> Iterator[T]:
+    """A DataLoader's items, with an IwdctlError raised in a worker process given back its own message:
+    torch re-raises it in the main process with the worker's whole traceback as the message."""
+    try:
+        yield from loader
+    except IwdctlError as error:
+        message = str(error)
+        if not message.startswith("Caught "):
+            raise
+        last = message.rstrip().splitlines()[-1]  # "iwdctl.errors.InputError: <the message>"
+        raise type(error)(last.split(": ", 1)[-1]) from error
 
 
 def default_workers() -> int:

@@ -28,7 +28,7 @@ from iwdctl.attacks.iwda import PatchCritic, critic_scores, gradient_penalty
 from iwdctl.attacks.iwda_amortised import GENERATOR_PREFIX, ConditionalGenerator
 from iwdctl.attacks.pgd import PGD
 from iwdctl.criteria import Misclassification, bounded_classification_loss
-from iwdctl.data import ImageDataset, Sample, default_workers
+from iwdctl.data import ImageDataset, Sample, default_workers, from_workers
 from iwdctl.errors import InputError
 from iwdctl.files import write_atomic, write_text_atomic
 from iwdctl.images import is_image_file
@@ -129,7 +129,7 @@ class ImageSet:
             num_workers=workers,
             prefetch_factor=4 if workers else None,
         )
-        for images, _, _ in loader:
+        for images, _, _ in from_workers(loader):
             yield images
 
     def statistics(self) -> tuple[list[float], list[float]]:

@@ -541,11 +541,14 @@ def estimate_iwd(
     return middle, ((upper - lower) / 2 + FLOAT32_ALLOWANCE * largest) / max(lower, 1e-300)
 
 
-def check_pair(x: Any, y: Any, patch: int) -> None:
+def check_pair(x: Any, y: Any, patch: int, size: int = 0) -> None:
+    """InputError unless x and y have one shape and their analysis view at `size` holds a patch."""
     if x.shape != y.shape:
         raise InputError(f"images differ in size: {tuple(x.shape[-2:])} and {tuple(y.shape[-2:])} (use --resize)")
-    if min(x.shape[-2:]) < patch:
-        raise InputError(f"image of size {tuple(x.shape[-2:])} is smaller than a {patch}x{patch} patch")
+    view = analysis_size(x.shape[-2], x.shape[-1], size)
+    if min(view) < patch:
+        at = f" at analysis size {size} ({view[0]}x{view[1]})" if view != tuple(x.shape[-2:]) else ""
+        raise InputError(f"image of size {tuple(x.shape[-2:])}{at} is smaller than a {patch}x{patch} patch")
 
 
 def iwd_pair(
@@ -566,7 +569,7 @@ def iwd_pair(
     H200 host that route took 1.0-1.3 s per 64 px pair and the matrix built on the GPU 3.2-4.0 s
     (`benchmarks/results/measure_speed_cuda.md`); without them the GPU builds the matrix.
     """
-    check_pair(x, y, patch)
+    check_pair(x, y, patch, size)
     target = device_name(None if device is None else str(device))
     count = patch_count(*analysis_size(x.shape[-2], x.shape[-1], size), patch, stride)
     exact = count <= EXACT_LIMIT if approx is None else not approx

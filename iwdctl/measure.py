@@ -128,7 +128,7 @@ def measure_pair(
     device, if a GPU); `threads` split its cost matrix. The distances are those of iwdctl.distances."""
     if settings.resize and adv.shape != orig.shape:
         adv = resize_array(adv.astype(np.float64), orig.shape[-2:])
-    check_pair(orig, adv, settings.patch)
+    check_pair(orig, adv, settings.patch, settings.size)
     x, y = orig.astype(np.float64), adv.astype(np.float64)
     distance = iwd_pair(
         orig, adv, settings.patch, settings.stride, settings.size, settings.approx, settings.device, threads

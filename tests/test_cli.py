@@ -60,6 +60,17 @@ def _bad_inputs(tmp_path):
         "attack unknown method": ["attack", str(tmp_path / "flat"), "--method", "magic"],
         "attack unknown target": ["attack", str(tmp_path / "flat"), "--target", "barnn"],
         "attack negative refine": ["attack", str(tmp_path / "flat"), "--method", "iwda", "--refine", "-1"],
+        "attack unreadable image in a worker": [
+            "attack",
+            str(tmp_path / "text.png"),
+            "--method",
+            "fgsm",
+            "--workers",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        "measure view smaller than a patch": ["measure", *[str(tmp_path / "flat" / "a.png")] * 2, "--size", "3"],
         "eval unknown attack": [
             "eval",
             "--model",
@@ -89,6 +100,8 @@ def _bad_inputs(tmp_path):
         "attack unknown method",
         "attack unknown target",
         "attack negative refine",
+        "attack unreadable image in a worker",
+        "measure view smaller than a patch",
         "eval unknown attack",
     ],
 )

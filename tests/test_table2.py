@@ -36,7 +36,7 @@ def test_table2_harness_aggregates_its_own_runs_and_resumes(tmp_path):
         "16",
     ]
     command += ["--train-per-class", "12"]
-    command += ["--eval-limit", "12", "--iwda-limit", "4", "--runs", str(tmp_path / "runs"), "--parallel", "2"]
+    command += ["--eval-limit", "12", "--iwda-limit", "2", "--runs", str(tmp_path / "runs"), "--parallel", "2"]
     command += ["--results", str(tmp_path / "table2.md")]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(command, check=True, capture_output=True, text=True, env=environment, timeout=600)
