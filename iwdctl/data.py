@@ -110,7 +110,7 @@ def _pick_column(header: Sequence[str], candidates: Sequence[str]) -> str | None
 def read_csv(
     csv_path: str | os.PathLike[str], classes: ClassIndex, one_based: bool | None, search: Sequence[Path]
 ) -> list[Sample]:
-    """Samples from a CSV with a file column and a label column (and an optional target column)."""
+    """Samples from a CSV with a file column and a label column, a target column or both."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise InputError(f"{csv_path}: no such CSV file")
@@ -123,12 +123,13 @@ def read_csv(
         raise InputError(f"{csv_path}: not a readable CSV ({error})") from error
     file_column = _pick_column(header, FILE_COLUMNS)
     label_column = _pick_column(header, LABEL_COLUMNS)
-    if file_column is None or label_column is None:
-        raise InputError(
-            f"{csv_path}: needs a file column ({'/'.join(FILE_COLUMNS)}) and a label column ({'/'.join(LABEL_COLUMNS)})"
-        )
     target_column = _pick_column(header, TARGET_COLUMNS)
-    offset = 1 if (one_based if one_based is not None else label_column in ONE_BASED_COLUMNS) else 0
+    if file_column is None or label_column is None and target_column is None:
+        raise InputError(
+            f"{csv_path}: needs a file column ({'/'.join(FILE_COLUMNS)}) and a label column "
+            f"({'/'.join(LABEL_COLUMNS)}) or a target column ({'/'.join(TARGET_COLUMNS)})"
+        )
+    offset = 1 if (one_based if one_based is not None else (label_column or target_column) in ONE_BASED_COLUMNS) else 0
     folders = list(dict.fromkeys(folder for folder in search if folder.is_dir()))
     stems = _stem_index(folders)
     samples = []
@@ -139,7 +140,7 @@ def read_csv(
         file = _find_file(name, folders, stems)
         if file is None:
             raise InputError(f"{csv_path}:{line}: image {name!r} not found in {', '.join(map(str, folders))}")
-        label = _csv_class(row.get(label_column), offset, classes, csv_path, line)
+        label = _csv_class(row.get(label_column), offset, classes, csv_path, line) if label_column else None
         target = _csv_class(row.get(target_column), offset, classes, csv_path, line) if target_column else None
         samples.append(
             Sample(file, Path(name).with_suffix("").as_posix() if Path(name).suffix else name, label, target)

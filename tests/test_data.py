@@ -50,6 +50,10 @@ def test_csv_one_based_and_zero_based(tmp_path):
     (tmp_path / "names.csv").write_text("file,label\nimages/abc.png,barn\nimages/def.png,n09256479\n")
     named = discover([tmp_path], CLASSES, labels_csv=tmp_path / "names.csv")
     assert [s.label for s in named] == [425, 973]
+    # A targets-only CSV (no label column): labels unknown, TargetClass still one-based.
+    (tmp_path / "targets.csv").write_text("ImageId,TargetClass\nabc,1\ndef,2\n")
+    targeted = discover([tmp_path / "images"], CLASSES, labels_csv=tmp_path / "targets.csv")
+    assert [(s.label, s.target) for s in targeted] == [(None, 0), (None, 1)]
 
 
 def test_csv_problems(tmp_path):
