@@ -2,7 +2,8 @@
 
 Victims: efficientnet_lite0 on nips17 (`lite0`; untargeted and targeted, the CSV's TargetClass) and
 the shipped tiny6 models (`tiny6-natural`, `tiny6-pgd`, `tiny6-free`, `tiny6-iwdd`) on tiny6/val
-(untargeted; the same number of images from each class). Each method runs through `iwdctl attack`
+(the same number of images from each class; targeted toward a class drawn per image, seeded, never
+its own). Each method runs through `iwdctl attack`
 itself (one process per method and mode), so the numbers are what users get. ASR counts every
 attacked image; "ASR on correct" only those the victim classifies correctly before the attack (for
 robust models the meaningful figure). Diversity: a second run with `--num 4` on fewer images gives
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 import tempfile
@@ -33,7 +35,7 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, SHARED, header, write_results  # noqa: E402
 
-from iwdctl.files import write_atomic  # noqa: E402
+from iwdctl.files import write_atomic, write_text_atomic  # noqa: E402
 from iwdctl.measure import PairResult, plot_histograms  # noqa: E402
 from iwdctl.models import ImageClassifier, load_classifier  # noqa: E402
 
@@ -58,7 +60,7 @@ TINY6_WEIGHTS = "weights/tiny6-preact_resnet18_w16-{}.safetensors"
 class Victim:
     model: str
     data: Path
-    targets: Path | None  # a CSV of per-image targets for the targeted rows; None: untargeted only
+    targets: Path | None  # a CSV of per-image targets for the targeted rows; None: drawn (drawn_targets)
     reread: bool  # re-read the PNGs with other readers (lite0's loader views)
 
 
@@ -78,6 +80,19 @@ def balanced_subset(data: Path, per_class: int, into: Path) -> Path:
             link = into / folder.name / image.name
             if not link.exists():
                 link.symlink_to(image)
+    return into
+
+
+def drawn_targets(subset: Path, into: Path) -> Path:
+    """A CSV of file, label and a target drawn per image among the other classes (seed 0)."""
+    generator = random.Random(0)
+    classes = sorted(path.name for path in subset.iterdir() if path.is_dir())
+    rows = ["file,label,target"]
+    for label in classes:
+        for image in sorted((subset / label).iterdir()):
+            target = generator.choice([name for name in classes if name != label])
+            rows.append(f"{label}/{image.name},{label},{target}")
+    write_text_atomic(into, "\n".join(rows) + "\n")
     return into
 
 
@@ -162,9 +177,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=10, help="tiny6 images per class")
     parser.add_argument("--diversity-images", type=int, default=10, help="images of the --num 4 runs")
     parser.add_argument("--methods", default=",".join(method for method, _, _ in PLAN))
-    parser.add_argument(
-        "--modes", default="untargeted,targeted", help="targeted runs only where the victim has targets"
-    )
+    parser.add_argument("--modes", default="untargeted,targeted", help="untargeted, targeted or both")
     parser.add_argument("--keep", type=Path, help="keep the attacks' output folders here (default: discarded)")
     parser.add_argument("--results", help="results file name (default: attack_benchmark_<victim>.md)")
     arguments = parser.parse_args()
@@ -174,8 +187,8 @@ def main() -> None:
     model = load_classifier("efficientnet_lite0", device="cpu") if victim.reread else None
     lines = [
         header(f"Attacks against {arguments.victim}"),
-        "\nASR: share of images whose saved 8-bit PNG is misclassified (untargeted) or classified as the "
-        "CSV's TargetClass (targeted); ASR on correct: the same among the images the victim classified "
+        "\nASR: share of images whose saved 8-bit PNG is misclassified (untargeted) or classified as its "
+        "target (targeted: nips17's TargetClass; on tiny6 a class drawn per image); ASR on correct: the same among the images the victim classified "
         "correctly before the attack. Distances to the classifier's view of the original; IWD as "
         "`iwdctl measure` defines it (7x7 patches, analysis size 64). Means over all attacked images. "
         "Diversity: mean pairwise l2 and IWD among the 4 samples of each image (`--num 4`).\n",
@@ -196,18 +209,19 @@ def main() -> None:
     histogram_rows: list[PairResult] = []
     with tempfile.TemporaryDirectory() as scratch:
         temporary = Path(arguments.keep or scratch)
-        data = victim.data
+        data, targets = victim.data, victim.targets
         if not victim.reread:
             data = balanced_subset(victim.data, arguments.per_class, temporary / "subset")
+            targets = drawn_targets(data, temporary / "targets.csv")
         for method, count, extra in PLAN:
             if method not in chosen:
                 continue
             count = max(1, round(count * arguments.scale)) if victim.reread else 6 * arguments.per_class
-            for mode in [mode for mode in arguments.modes.split(",") if victim.targets or mode == "untargeted"]:
+            for mode in arguments.modes.split(","):
                 out = temporary / f"{arguments.victim}-{method}-{mode}"
                 base = ["iwdctl", "attack", str(data), "--model", victim.model, "--method", method, "-q", *extra]
                 if mode == "targeted":
-                    base += ["--targets-from", str(victim.targets)]
+                    base += ["--targets-from", str(targets)]
                 command = [*base, "--limit", str(count), "--out", str(out)]
                 runs = [command]
                 if method in DIVERSITY_METHODS:
