@@ -3,10 +3,9 @@
 Victims: efficientnet_lite0 on nips17 (`lite0`; untargeted and targeted, the CSV's TargetClass) and
 the shipped tiny6 models (`tiny6-natural`, `tiny6-pgd`, `tiny6-free`, `tiny6-iwdd`) on tiny6/val
 (the same number of images from each class; targeted toward a class drawn per image, seeded, never
-its own). Each method runs through `iwdctl attack`
-itself (one process per method and mode), so the numbers are what users get. ASR counts every
-attacked image; "ASR on correct" only those the victim classifies correctly before the attack (for
-robust models the meaningful figure). Diversity: a second run with `--num 4` on fewer images gives
+its own). Each method runs through `iwdctl attack` itself (one process per method and mode), so the
+numbers are what users get. ASR counts every attacked image; "ASR on correct" only those the victim
+classifies correctly before the attack (for robust models the meaningful figure). Diversity: a second run with `--num 4` on fewer images gives
 the mean pairwise l2 and IWD among each image's 4 samples. Also written: the paper's Figure 6 (histograms
 of l2, l-inf and IWD per method, untargeted runs, `attack_benchmark_<victim>_figure6.png`) and, from
 each `--num 4` run, a contact sheet of its first images (`contact_<victim>_<method>_<mode>.jpg`: the
