@@ -32,6 +32,31 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.unlink(temporary)
 
 
+@contextlib.contextmanager
+def output_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create the directory `path` (and its parents); if the block fails, remove those of them that it
+    created and that hold no file. A run stopped by bad input leaves no empty folder behind; one
+    stopped after it finished some images keeps them, to resume."""
+    directory = Path(path)
+    created = [each for each in (directory, *directory.parents) if not each.exists()]  # deepest first
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        yield directory
+    except BaseException:
+        for each in created:
+            _remove_if_empty(each)
+        raise
+
+
+def _remove_if_empty(directory: Path) -> None:
+    """Remove `directory` and its subdirectories if no file lies anywhere under them."""
+    for root, _, files in os.walk(directory, topdown=False):
+        if files:
+            return
+        with contextlib.suppress(OSError):  # a directory someone else just wrote into
+            os.rmdir(root)
+
+
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> None:
     """Call `write(temporary_path)`, then move the result onto `path`."""
     with atomic_path(path) as temporary:

@@ -46,6 +46,7 @@ def _bad_inputs(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "flat" / "a.png")
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
     (tmp_path / "labels.csv").write_text("file,label\na.png,barn\n")
+    (tmp_path / "no_target.csv").write_text("file,label,target\na.png,barn,\n")
     (tmp_path / "ckpt.safetensors").write_bytes(b"garbage")
     return {
         "missing path": ["eval", "--data", str(tmp_path / "absent")],
@@ -69,6 +70,14 @@ def _bad_inputs(tmp_path):
             "1",
             "--out",
             str(tmp_path / "out"),
+        ],
+        "attack image without a target": [
+            "attack",
+            str(tmp_path / "flat"),
+            "--targets-from",
+            str(tmp_path / "no_target.csv"),
+            "--out",
+            str(tmp_path / "deep" / "out"),
         ],
         "measure view smaller than a patch": ["measure", *[str(tmp_path / "flat" / "a.png")] * 2, "--size", "3"],
         "eval unknown attack": [
@@ -101,6 +110,7 @@ def _bad_inputs(tmp_path):
         "attack unknown target",
         "attack negative refine",
         "attack unreadable image in a worker",
+        "attack image without a target",
         "measure view smaller than a patch",
         "eval unknown attack",
     ],
@@ -112,6 +122,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
     assert err.startswith("iwdctl: error:") and "\n" not in err and "Traceback" not in err
     assert main(["--debug", *args]) == 2
     assert "Traceback" in capsys.readouterr().err
+    if "--out" in args:  # nothing half-written: not even an empty folder
+        assert not (tmp_path / "out").exists() and not (tmp_path / "deep").exists()
 
 
 def test_unknown_option_is_usage_error():

@@ -37,7 +37,7 @@ from iwdctl.criteria import make_criterion
 from iwdctl.data import ImageDataset, Sample, batches
 from iwdctl.distances import L2, Linf
 from iwdctl.errors import InputError
-from iwdctl.files import write_atomic, write_json_atomic, write_text_atomic
+from iwdctl.files import output_directory, write_atomic, write_json_atomic, write_text_atomic
 from iwdctl.images import load_image, preprocess, save_png, to_uint8
 from iwdctl.iwd import iwd_pair
 from iwdctl.models import ImageClassifier
@@ -250,8 +250,20 @@ def run_attack(
     batch size. Returns the records of this shard, in sample order.
     """
     settings.validate()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with output_directory(out_dir) as directory:
+        return _run_attack(model, attack, samples, settings, directory, progress, rank, world_size)
+
+
+def _run_attack(
+    model: ImageClassifier,
+    attack: Attack,
+    samples: Sequence[Sample],
+    settings: AttackSettings,
+    out_dir: Path,
+    progress: ProgressCallback,
+    rank: int,
+    world_size: int,
+) -> list[dict[str, Any]]:
     mine = [sample for index, sample in enumerate(samples) if index % world_size == rank]
     done = {sample.key: record for sample in mine if (record := _finished(out_dir, sample, settings)) is not None}
     pending = [sample for sample in mine if sample.key not in done]
