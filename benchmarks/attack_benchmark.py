@@ -13,6 +13,10 @@ classifier's view of the original, then the 4 samples, captioned with the victim
 
     python benchmarks/attack_benchmark.py --victim lite0 [--scale 1.0] [--methods pgd,iwda-ot]
     python benchmarks/attack_benchmark.py --victim tiny6-pgd      # writes attack_benchmark_<victim>.md
+    python benchmarks/attack_benchmark.py --victim tiny6-pgd --methods pgd,pgd@16/255,pgd@32/255  # budgets
+
+A method given as `name@budget` runs with `--eps budget` (an l_p baseline at a larger budget: the
+success it buys on robust models, and the IWD it costs).
 """
 
 from __future__ import annotations
@@ -212,18 +216,22 @@ def main() -> None:
         if not victim.reread:
             data = balanced_subset(victim.data, arguments.per_class, temporary / "subset")
             targets = drawn_targets(data, temporary / "targets.csv")
-        for method, count, extra in PLAN:
-            if method not in chosen:
-                continue
+        plan = {method: (count, extra) for method, count, extra in PLAN}
+        for method in chosen:
+            name, _, budget = method.partition("@")
+            if name not in plan:
+                parser.error(f"unknown method {name!r}; known: {', '.join(plan)}")
+            count, extra = plan[name]
+            extra = [*extra, "--eps", budget] if budget else extra
             count = max(1, round(count * arguments.scale)) if victim.reread else 6 * arguments.per_class
             for mode in arguments.modes.split(","):
-                out = temporary / f"{arguments.victim}-{method}-{mode}"
-                base = ["iwdctl", "attack", str(data), "--model", victim.model, "--method", method, "-q", *extra]
+                out = temporary / f"{arguments.victim}-{method.replace('/', '_')}-{mode}"
+                base = ["iwdctl", "attack", str(data), "--model", victim.model, "--method", name, "-q", *extra]
                 if mode == "targeted":
                     base += ["--targets-from", str(targets)]
                 command = [*base, "--limit", str(count), "--out", str(out)]
                 runs = [command]
-                if method in DIVERSITY_METHODS:
+                if name in DIVERSITY_METHODS and not budget:
                     runs.append(
                         [
                             *base,
