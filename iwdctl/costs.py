@@ -136,9 +136,33 @@ def _listed_costs(u, v, rows, columns, out):  # type: ignore[no-untyped-def]
         out[k] = total / terms
 
 
+def _compact(matrix, rows, columns):  # type: ignore[no-untyped-def]
+    """matrix[rows][:, columns] (both increasing) written over the start of matrix's own buffer: every
+    entry moves to an earlier place than any entry still to be read, so none is overwritten unread."""
+    flat = matrix.reshape(-1)
+    width = len(columns)
+    stride = matrix.shape[1]
+    for index in range(len(rows)):
+        source = rows[index] * stride
+        target = index * width
+        for k in range(width):
+            flat[target + k] = flat[source + columns[k]]
+    return flat[: len(rows) * width].reshape(len(rows), width)
+
+
 _kernel = numba.njit(nogil=True, cache=True)(_diagonal_window_means) if numba is not None else None
 _listed_kernel = numba.njit(nogil=True, cache=True)(_listed_costs) if numba is not None else None
 _nearest_kernel = numba.njit(nogil=True, cache=True)(_diagonal_row_nearest) if numba is not None else None
+_compact_kernel = numba.njit(nogil=True, cache=True)(_compact) if numba is not None else None
+
+
+def submatrix_in_place(matrix: np.ndarray, keep_rows: np.ndarray, keep_columns: np.ndarray) -> np.ndarray:
+    """matrix[np.ix_(keep_rows, keep_columns)] (boolean masks), built over matrix's own buffer, which
+    the caller gives up. At 128 px (a 14,884-square float32 matrix) np.ix_ took 2.0-2.7 s and a second
+    matrix's memory; this takes 0.16 s. Pairs with identical patches need it (flat photos: sky)."""
+    if _compact_kernel is None or not matrix.flags.c_contiguous or not matrix.flags.writeable:
+        return matrix[np.ix_(keep_rows, keep_columns)]
+    return _compact_kernel(matrix, np.flatnonzero(keep_rows), np.flatnonzero(keep_columns))
 
 
 def row_nearest(

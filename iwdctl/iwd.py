@@ -41,7 +41,7 @@ from iwdctl.assignment import (
     shortest_paths_finish,
     sorted_unique,
 )
-from iwdctl.costs import as_array, cost_matrix, cost_matrix_torch, pair_costs, row_nearest
+from iwdctl.costs import as_array, cost_matrix, cost_matrix_torch, pair_costs, row_nearest, submatrix_in_place
 from iwdctl.errors import InputError
 from iwdctl.runtime import device_name
 
@@ -342,7 +342,7 @@ def _assignment(
             return columns
 
     def kept(matrix: np.ndarray) -> np.ndarray:
-        return matrix if keep_u.all() else matrix[np.ix_(keep_u, keep_v)]
+        return matrix if keep_u.all() else submatrix_in_place(matrix, keep_u, keep_v)
 
     def exact_matrix() -> np.ndarray:
         return kept(cost_matrix(x, y, patch, stride, threads))

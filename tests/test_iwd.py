@@ -11,7 +11,7 @@ from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from iwdctl import assignment, distances
-from iwdctl.costs import cost_matrix, cost_matrix_torch, row_nearest
+from iwdctl.costs import cost_matrix, cost_matrix_torch, row_nearest, submatrix_in_place
 from iwdctl.errors import InputError
 from iwdctl.images import load_image
 from iwdctl.iwd import (
@@ -85,6 +85,45 @@ def test_cost_matrix_kernels_agree_with_cdist():
     batched = cost_matrix_torch(torch.stack([x, y]), torch.stack([y, x]), 5)
     np.testing.assert_allclose(batched[0].numpy(), reference, atol=1e-14)
     np.testing.assert_allclose(batched[1].numpy(), reference.T, atol=1e-14)
+
+
+def test_submatrix_in_place_equals_fancy_indexing():
+    generator = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        for rows, columns in ((37, 41), (40, 40), (1, 5)):
+            matrix = generator.random((rows, columns)).astype(dtype)
+            for keep_share in (0.0, 0.3, 0.9, 1.0):
+                keep_rows = generator.random(rows) < keep_share
+                keep_columns = generator.random(columns) < keep_share
+                expected = matrix[np.ix_(keep_rows, keep_columns)]
+                got = submatrix_in_place(matrix.copy(), keep_rows, keep_columns)
+                assert got.dtype == dtype and np.array_equal(got, expected)
+    transposed = generator.random((20, 30)).T  # not C-contiguous: fancy indexing, the same result
+    keep_rows, keep_columns = generator.random(30) < 0.5, generator.random(20) < 0.5
+    assert np.array_equal(
+        submatrix_in_place(transposed, keep_rows, keep_columns), transposed[np.ix_(keep_rows, keep_columns)]
+    )
+
+
+@pytest.mark.parametrize("route", ["float64", "float32"])
+def test_pairs_with_identical_patches_match_pot(monkeypatch, route):
+    """Flat regions give identical patches on both sides, matched to each other first; the rest of the
+    matrix is solved on both routes (the float32 one forced at 36 px)."""
+    import importlib
+
+    engine = importlib.import_module("iwdctl.iwd")
+    if route == "float32":
+        monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", 0)
+    monkeypatch.setattr(engine, "_sparse_optimum", lambda *args: None)
+    photo = load_image(shared_data("nips17", "images", "c83cfca4bc9dd3c7.png")).double()
+    photo[:, :100, :] = torch.tensor([0.4, 0.6, 0.9], dtype=torch.float64)[:, None, None]  # a flat "sky"
+    for kind, (x, y) in perturbed_pairs(photo, 36, seed=5).items():
+        if kind in ("noise", "gaussian"):
+            continue  # noise leaves no patch identical
+        shared = (patches(x, 7, 1)[:, None] == patches(y, 7, 1)[None]).all(dim=2).any()
+        assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
+        if kind == "shift":
+            assert shared, "the flat region should leave identical patches on both sides"
 
 
 @pytest.mark.parametrize("seed", range(6))
