@@ -185,6 +185,9 @@ def main() -> None:
     parser.add_argument("--results", help="results file name (default: attack_benchmark_<victim>.md)")
     arguments = parser.parse_args()
     chosen = arguments.methods.split(",")
+    plan = {method: (count, extra) for method, count, extra in PLAN}
+    if unknown := [method for method in chosen if method.partition("@")[0] not in plan]:
+        parser.error(f"unknown method {', '.join(unknown)}; known: {', '.join(plan)}")
     results = arguments.results or f"attack_benchmark_{arguments.victim}.md"
     victim = victims()[arguments.victim]
     model = load_classifier("efficientnet_lite0", device="cpu") if victim.reread else None
@@ -216,11 +219,8 @@ def main() -> None:
         if not victim.reread:
             data = balanced_subset(victim.data, arguments.per_class, temporary / "subset")
             targets = drawn_targets(data, temporary / "targets.csv")
-        plan = {method: (count, extra) for method, count, extra in PLAN}
         for method in chosen:
             name, _, budget = method.partition("@")
-            if name not in plan:
-                parser.error(f"unknown method {name!r}; known: {', '.join(plan)}")
             count, extra = plan[name]
             extra = [*extra, "--eps", budget] if budget else extra
             count = max(1, round(count * arguments.scale)) if victim.reread else 6 * arguments.per_class

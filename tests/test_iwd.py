@@ -120,10 +120,9 @@ def test_pairs_with_identical_patches_match_pot(monkeypatch, route):
     for kind, (x, y) in perturbed_pairs(photo, 36, seed=5).items():
         if kind in ("noise", "gaussian"):
             continue  # noise leaves no patch identical
-        shared = (patches(x, 7, 1)[:, None] == patches(y, 7, 1)[None]).all(dim=2).any()
         assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
-        if kind == "shift":
-            assert shared, "the flat region should leave identical patches on both sides"
+        if kind == "shift":  # the case this test exists for: some patches identical on both sides
+            assert (patches(x, 7, 1)[:, None] == patches(y, 7, 1)[None]).all(dim=2).any()
 
 
 @pytest.mark.parametrize("seed", range(6))
