@@ -5,8 +5,11 @@ The float64 route was checked against POT at 128 px (benchmarks/results/measure_
 6 minutes per pair there); the float32 route must give the same values. The pairs are
 measure_speed.py's (nips17 photos from index `--first` on). In-process times exclude start-up; the
 whole process (one per pair, so the goal's "per pair" holds for each) includes it (about 1 s).
+With `--base COMMIT` the whole process also runs from that commit's tree (compare_commits.export),
+alternating with this one pair by pair (the machine is shared and noisy): the ratio of a change.
 
     python benchmarks/big_iwd.py [--pairs 1] [--first 600] [--kinds noise,...] [--results big_iwd.md]
+        [--base COMMIT]
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,7 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, write_results  # noqa: E402
+from common import ROOT, header, write_results  # noqa: E402
+from compare_commits import export  # noqa: E402
 from measure_speed import KINDS, make_pairs  # noqa: E402
 
 from iwdctl.costs import cpu_threads  # noqa: E402
@@ -38,12 +43,17 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=600, help="index of the first nips17 photo used")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--results", default="big_iwd.md", help="results file name")
+    parser.add_argument("--base", help="also time the whole process at this commit, alternating with this tree")
     arguments = parser.parse_args()
     threads = cpu_threads()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         make_pairs(folder, arguments.pairs, arguments.first)
+        trees = {"head": ROOT}
+        if arguments.base:
+            trees["base"] = folder / "base"
+            base_hash = export(arguments.base, trees["base"])
         for kind in arguments.kinds.split(","):
             names = sorted((folder / kind / "orig").glob("*.png"))
             seconds = {"float64": 0.0, "float32": 0.0}
@@ -59,31 +69,70 @@ def main() -> None:
                     seconds[route] += time.perf_counter() - start
                     engine.FLOAT32_ASSIGNMENT_SIZE = original
                 worst = max(worst, abs(values["float32"] - values["float64"]) / values["float64"])
-            wholes = []
-            for name in names:
-                report_path = folder / f"{kind}.json"
-                pair = [str(folder / kind / "orig" / name.name), str(folder / kind / "adv" / name.name)]
-                start = time.perf_counter()
-                command = ["iwdctl", "measure", *pair, "--size", "128", "--json", str(report_path), "-q"]
-                subprocess.run(command, check=True, capture_output=True)
-                wholes.append(time.perf_counter() - start)
-                assert all(entry["iwd_exact"] for entry in json.loads(report_path.read_text())["pairs"])
+            if arguments.base:
+                # Untimed: each tree compiles (and caches) the kernels this kind of pair needs.
+                for tree in trees.values():
+                    whole_process(tree, names[0], folder / kind / "adv" / names[0].name, folder / "warm.json")
+            wholes: dict[str, list[float]] = {name: [] for name in trees}
+            values: dict[str, list[float]] = {name: [] for name in trees}
+            for index, name in enumerate(names):
+                # Alternate which tree goes first: neither always meets the machine's busier moment.
+                for tree_name in sorted(trees, reverse=index % 2 == 1):
+                    report_path = folder / f"{kind}-{tree_name}.json"
+                    seconds_taken, value = whole_process(
+                        trees[tree_name], name, folder / kind / "adv" / name.name, report_path
+                    )
+                    wholes[tree_name].append(seconds_taken)
+                    values[tree_name].append(value)
             count = len(names)
-            rows.append(
+            head = wholes["head"]
+            row = (
                 f"| {kind} | {seconds['float64'] / count:.2f} | {seconds['float32'] / count:.2f} | "
-                f"{seconds['float64'] / seconds['float32']:.2f}x | {sum(wholes) / count:.2f} | {max(wholes):.2f} | "
+                f"{seconds['float64'] / seconds['float32']:.2f}x | {sum(head) / count:.2f} | {max(head):.2f} | "
                 f"{worst:.1e} |"
             )
+            if arguments.base:
+                base = wholes["base"]
+                differences = [abs(a - b) / b for a, b in zip(values["head"], values["base"])]
+                row += f" {sum(base) / count:.2f} | {sum(base) / sum(head):.2f}x | {max(differences):.1e} |"
+            rows.append(row)
     text = header("Exact IWD at 128 px: float32-matrix route against float64")
     text += (
         f"\n{arguments.pairs} pair(s) per kind (nips17 photos {arguments.first} on), {threads} threads. In-process "
         "seconds per pair for each route (exact_iwd), then the whole `iwdctl measure --size 128` process on each "
         "pair alone (start-up included): mean and slowest pair.\n\n"
         "| kind | float64 route s | float32 route s | speed-up | whole process s / pair | slowest pair s | "
-        "relative difference |\n| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+        "relative difference |"
     )
+    if arguments.base:
+        text = text.replace(
+            "alone (start-up included): mean and slowest pair.",
+            f"alone (start-up included): mean and slowest pair; then the same at base {base_hash} (run "
+            "alternately with this tree, pair by pair), the ratio base / this tree, and the largest relative "
+            "difference of their values.",
+        )
+        text += " base whole process s / pair | base / this tree | values' difference |"
+    columns = text.rsplit("\n", 1)[-1].count("|") - 1
+    text += "\n" + "| --- " * columns + "|\n" + "\n".join(rows) + "\n"
     write_results(arguments.results, text)
     print(text)
+
+
+def whole_process(tree: Path, original: Path, adversarial: Path, report: Path) -> tuple[float, float]:
+    """Seconds of one `iwdctl measure --size 128` process run from `tree`, and the IWD it reports."""
+    command = [sys.executable, "-m", "iwdctl", "measure", str(original), str(adversarial), "--size", "128"]
+    start = time.perf_counter()
+    subprocess.run(
+        [*command, "--json", str(report), "-q"],
+        check=True,
+        capture_output=True,
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+    )
+    seconds = time.perf_counter() - start
+    (entry,) = json.loads(report.read_text())["pairs"]
+    assert entry["iwd_exact"]
+    return seconds, entry["iwd"]
 
 
 if __name__ == "__main__":
