@@ -136,6 +136,23 @@ def _listed_costs(u, v, rows, columns, out):  # type: ignore[no-untyped-def]
         out[k] = total / terms
 
 
+def _dense_costs(u, v_columns, start, stop, out):  # type: ignore[no-untyped-def]
+    """out[i, j] = mean |u_i - v_j| for the rows i in [start, stop); v_columns = v.T (terms, m). Each
+    entry is summed term by term in order, and the entries of a row side by side (a loop the
+    compiler vectorises, where one entry's sum is a chain of dependent additions)."""
+    terms, count = v_columns.shape
+    totals = np.empty(count)
+    for i in range(start, stop):
+        totals[:] = 0.0
+        for t in range(terms):
+            value = u[i, t]
+            column = v_columns[t]
+            for j in range(count):
+                totals[j] += abs(value - column[j])
+        for j in range(count):
+            out[i, j] = totals[j] / terms
+
+
 def _compact(matrix, rows, columns):  # type: ignore[no-untyped-def]
     """matrix[rows][:, columns] (both increasing) written over the start of matrix's own buffer: every
     entry moves to an earlier place than any entry still to be read, so none is overwritten unread."""
@@ -153,6 +170,7 @@ def _compact(matrix, rows, columns):  # type: ignore[no-untyped-def]
 _kernel = numba.njit(nogil=True, cache=True)(_diagonal_window_means) if numba is not None else None
 _listed_kernel = numba.njit(nogil=True, cache=True)(_listed_costs) if numba is not None else None
 _nearest_kernel = numba.njit(nogil=True, cache=True)(_diagonal_row_nearest) if numba is not None else None
+_dense_kernel = numba.njit(nogil=True, cache=True)(_dense_costs) if numba is not None else None
 _compact_kernel = numba.njit(nogil=True, cache=True)(_compact) if numba is not None else None
 
 
@@ -200,6 +218,24 @@ def row_nearest(
     columns = columns.transpose(1, 0, 2).reshape(patches, parts * count)
     order = np.argsort(values, axis=1, kind="stable")[:, :count]
     return np.take_along_axis(values, order, axis=1), np.take_along_axis(columns, order, axis=1)
+
+
+def pair_cost_matrix(u: np.ndarray, v: np.ndarray, threads: int = 1, dtype: type = np.float64) -> np.ndarray:
+    """The dense matrix C[i, j] = mean |u_i - v_j| of two sets of patches, entry by entry (sums in
+    float64), split over threads by rows."""
+    u, v_columns = np.ascontiguousarray(u, dtype=np.float64), np.ascontiguousarray(v.T, dtype=np.float64)
+    out = np.empty((len(u), len(v)), dtype=dtype)
+    if _dense_kernel is None:
+        out[:] = np.abs(u[:, None, :] - v[None, :, :]).mean(axis=2)
+        return out
+    bounds = np.linspace(0, len(u), max(1, threads) + 1).astype(int)
+
+    def part(index: int) -> None:
+        _dense_kernel(u, v_columns, bounds[index], bounds[index + 1], out)
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        list(pool.map(part, range(max(1, threads))))
+    return out
 
 
 def pair_costs(u: np.ndarray, v: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:

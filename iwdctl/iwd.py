@@ -41,7 +41,15 @@ from iwdctl.assignment import (
     shortest_paths_finish,
     sorted_unique,
 )
-from iwdctl.costs import as_array, cost_matrix, cost_matrix_torch, pair_costs, row_nearest, submatrix_in_place
+from iwdctl.costs import (
+    as_array,
+    cost_matrix,
+    cost_matrix_torch,
+    pair_cost_matrix,
+    pair_costs,
+    row_nearest,
+    submatrix_in_place,
+)
 from iwdctl.errors import InputError
 from iwdctl.runtime import device_name
 
@@ -57,6 +65,10 @@ if TYPE_CHECKING:
 # the 64 px default (3364 patches) 1.38x faster on shifted pairs, the slowest kind (12 nips17 pairs,
 # whole process). Below it both routes take milliseconds.
 FLOAT32_ASSIGNMENT_SIZE = 1024
+# Where identical patches leave at most this share of x's unmatched, their cost matrix is computed entry by
+# entry (3 k^2 terms each) instead of the whole matrix's window sums (about 25 operations per entry)
+# and a compaction.
+DIRECT_COSTS_SHARE = 0.4
 # Up to this many patches per image IWD is exact by default (a 128 x 128 image at stride 1 has 14884,
 # a 2.1 GB float64 cost matrix at the limit); past it `iwd` returns the entropic estimate and says so.
 EXACT_LIMIT = 16384
@@ -150,11 +162,19 @@ def _unshared(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...]:
     """Boolean masks of the patches left once identical patches of u and v are matched to each other,
     and each patch's group of identical patches."""
     # Identical rows have bit-equal projections (each row summed alike): with no projection of u among
-    # v's, no patch is shared, and the sort below (most of this function's time) is skipped.
+    # v's, no patch is shared. Otherwise the projections group the patches (a sort of numbers, where
+    # sorting the rows took 36 ms of a 64 px pair's 55), checked row by row against a member of each
+    # group: only two different patches with one projection would send it to sorting the rows.
     direction = np.random.default_rng(0).random(u.shape[1])
-    if not np.isin((u * direction).sum(axis=1), (v * direction).sum(axis=1)).any():
+    projected_u, projected_v = (u * direction).sum(axis=1), (v * direction).sum(axis=1)
+    if not np.isin(projected_u, projected_v).any():
         return np.ones(len(u), dtype=bool), np.ones(len(v), dtype=bool), np.zeros(len(u), int), np.zeros(len(v), int)
-    _, groups = np.unique(np.concatenate([u, v]), axis=0, return_inverse=True)
+    _, groups = np.unique(np.concatenate([projected_u, projected_v]), return_inverse=True)
+    representative = np.empty(int(groups.max()) + 1, dtype=np.int64)
+    representative[groups] = np.arange(len(groups))  # any member of each group
+    stacked = np.concatenate([u, v])
+    if not np.array_equal(stacked, stacked[representative[groups]]):
+        _, groups = np.unique(stacked, axis=0, return_inverse=True)
     groups = groups.ravel()
     group_u, group_v = groups[: len(u)], groups[len(u) :]
     count = int(groups.max()) + 1
@@ -341,22 +361,26 @@ def _assignment(
         if columns is not None:
             return columns
 
-    def kept(matrix: np.ndarray) -> np.ndarray:
-        return matrix if keep_u.all() else submatrix_in_place(matrix, keep_u, keep_v)
+    # Where identical patches leave few unmatched (an image and a copy with a band moved:
+    # iwdctl.rearrange), their costs are computed entry by entry, not the whole matrix and a compaction.
+    direct = keep_u.sum() <= DIRECT_COSTS_SHARE * len(u)
 
-    def exact_matrix() -> np.ndarray:
-        return kept(cost_matrix(x, y, patch, stride, threads))
+    def costs(dtype: type) -> np.ndarray:
+        if direct:
+            return pair_cost_matrix(u[keep_u], v[keep_v], threads, dtype)
+        matrix = cost_matrix(x, y, patch, stride, threads, dtype=dtype)
+        return matrix if keep_u.all() else submatrix_in_place(matrix, keep_u, keep_v)
 
     if int(keep_u.sum()) > FLOAT32_ASSIGNMENT_SIZE:
         # Half the memory and memory traffic; the certificate and the final solve use exact costs.
         kept_u, kept_v = u[keep_u], v[keep_v]
         return min_cost_assignment_within(
-            kept(cost_matrix(x, y, patch, stride, threads, dtype=np.float32)),
+            costs(np.float32),
             lambda rows, columns: pair_costs(kept_u, kept_v, rows, columns),
             threads,
-            exact_matrix,
+            lambda: costs(np.float64),
         )
-    return min_cost_assignment(exact_matrix(), threads)
+    return min_cost_assignment(costs(np.float64), threads)
 
 
 def _device_assignment(x: Any, y: Any, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int) -> np.ndarray:
@@ -386,8 +410,15 @@ def exact_iwd(x: Any, y: Any, patch: int = 7, stride: int = 1, threads: int = 1)
 def iwd_lower_bound(x: Any, y: Any, patch: int = 7) -> float:
     """A lower bound of exact_iwd(x, y, patch) from one sweep (no matrix, no assignment): every patch
     is matched at least as dearly as its nearest patch on the other side, so the mean of those
-    nearest costs, the larger of the two sides, bounds IWD from below. 0.0 without numba."""
+    nearest costs, the larger of the two sides, bounds IWD from below. 0.0 without numba. Where
+    identical patches leave at most DIRECT_COSTS_SHARE of them unmatched (an image against a copy
+    with a band moved: iwdctl.rearrange), the exact value, which costs no more there (64 px: 13-50 ms
+    against the sweeps' 50-90 ms)."""
     x, y = as_array(x, np.float64), as_array(y, np.float64)
+    if x.shape == y.shape and _unshared(*(patch_array(image, patch, 1) for image in (x, y)))[0].mean() <= (
+        DIRECT_COSTS_SHARE
+    ):
+        return exact_iwd(x, y, patch)
     terms = x.shape[0] * patch * patch
     margin = _window_sum_error(terms)
     bound = 0.0

@@ -174,7 +174,11 @@ def displace(images: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
     scale = torch.tensor([2 / max(width - 1, 1), 2 / max(height - 1, 1)], device=images.device).view(1, 2, 1, 1)
     grid = torch.stack([grid_x, grid_y])[None] + displacement.to(images.device, images.dtype) * scale
     grid = grid.permute(0, 2, 3, 1)
-    return F.grid_sample(images, grid, mode="bicubic", padding_mode="reflection", align_corners=True).clamp(0, 1)
+    sampled = F.grid_sample(images, grid, mode="bicubic", padding_mode="reflection", align_corners=True).clamp(0, 1)
+    # Where nothing moves, the image itself: sampling at the grid's own points is off by rounding,
+    # and bit-equal pixels make bit-equal patches, which exact IWD matches to each other first.
+    still = (displacement == 0).all(dim=1, keepdim=True).to(images.device)
+    return torch.where(still, images, sampled)
 
 
 def rearrange(

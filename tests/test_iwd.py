@@ -125,6 +125,64 @@ def test_pairs_with_identical_patches_match_pot(monkeypatch, route):
             assert (patches(x, 7, 1)[:, None] == patches(y, 7, 1)[None]).all(dim=2).any()
 
 
+@pytest.mark.parametrize("route", ["float64", "float32"])
+def test_an_image_against_a_copy_with_a_band_moved_matches_pot(monkeypatch, route):
+    """A band moved by whole pixels (iwdctl.rearrange's moves) leaves most patches identical: the few
+    left get their costs entry by entry (DIRECT_COSTS_SHARE), and the lower bound is the exact value."""
+    import importlib
+
+    from iwdctl.rearrange import band_displacement, displace
+
+    engine = importlib.import_module("iwdctl.iwd")
+    if route == "float32":
+        monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", 0)
+    photo = load_image(shared_data("nips17", "images", "0c7ac4a8c9dfa802.png"))[None].double()
+    generator = torch.Generator().manual_seed(3)
+    for number in range(3):
+        field = band_displacement(photo[0].numpy(), photo.shape[-1] / 40, number % 2 == 0, number < 2, generator)
+        moved = displace(photo, torch.from_numpy(np.ascontiguousarray(field))[None])
+        x, y = analysis_view(torch.cat([photo, moved]), 40)
+        keep_u, keep_v, _, _ = engine._unshared(patch_array(x.numpy(), 7, 1), patch_array(y.numpy(), 7, 1))
+        assert 0 < keep_u.mean() <= engine.DIRECT_COSTS_SHARE and keep_u.sum() == keep_v.sum()
+        exact = exact_iwd(x, y)
+        assert exact == pytest.approx(pot_iwd(x, y), rel=1e-9)
+        assert iwd_lower_bound(x, y) == exact
+
+
+def test_shared_patches_are_grouped_as_sorting_the_rows_groups_them():
+    import importlib
+
+    engine = importlib.import_module("iwdctl.iwd")
+    generator = np.random.default_rng(0)
+    for terms in (1, 2, 3):
+        u, v = generator.integers(0, 3, (300, terms)) / 2, generator.integers(0, 3, (250, terms)) / 2
+        keep_u, keep_v, group_u, group_v = engine._unshared(u, v)
+        _, reference = np.unique(np.concatenate([u, v]), axis=0, return_inverse=True)
+        reference = reference.ravel()
+        groups = np.concatenate([group_u, group_v])
+        # The same partition (labels aside), and what is left on the two sides has no patch in common.
+        assert np.array_equal(groups[:, None] == groups[None], reference[:, None] == reference[None])
+        assert not {patch.tobytes() for patch in u[keep_u]} & {patch.tobytes() for patch in v[keep_v]}
+        assert len(u) - keep_u.sum() == len(v) - keep_v.sum() > 0
+    u, v = generator.random((300, 12)), generator.random((250, 12))
+    keep_u, keep_v, _, _ = engine._unshared(u, v)  # nothing shared: the quick answer
+    assert keep_u.all() and keep_v.all()
+
+
+def test_pair_cost_matrix_equals_the_definition_and_the_listed_costs():
+    from iwdctl.costs import pair_cost_matrix, pair_costs
+
+    generator = np.random.default_rng(1)
+    u, v = generator.random((37, 147)), generator.random((29, 147))
+    rows, columns = np.repeat(np.arange(37), 29), np.tile(np.arange(29), 37)
+    listed = pair_costs(u, v, rows, columns).reshape(37, 29)
+    for threads in (1, 2, 5):
+        dense = pair_cost_matrix(u, v, threads)
+        assert np.array_equal(dense, listed)  # both sum each entry in order
+        np.testing.assert_allclose(dense, np.abs(u[:, None] - v[None]).mean(axis=2), rtol=1e-14)
+    assert pair_cost_matrix(u, v, 2, np.float32).dtype == np.float32
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_assignment_is_optimal_on_hard_matrices(seed):
     """Random, tied and low-rank matrices: the auction + exact finish equals SciPy's optimum."""
