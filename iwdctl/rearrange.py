@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from iwdctl.assignment import numba
 from iwdctl.costs import cpu_threads
 from iwdctl.iwd import analysis_size, analysis_view, exact_iwd, iwd_lower_bound
 from iwdctl.runtime import single_threaded_blas
@@ -64,8 +65,15 @@ REACH = 6 / 255
 def seam_path(cost: np.ndarray) -> np.ndarray:
     """(..., H) the column in each row of the top-to-bottom path of least total cost, moving at most
     one column from row to row (seam carving's dynamic programme); `cost` (..., H, W), inf =
-    forbidden. Leading axes are independent problems, solved together."""
+    forbidden. Leading axes are independent problems, solved together. Of equal totals the leftmost
+    step, and the leftmost end, win."""
     *batch, height, width = cost.shape
+    if _seam_kernel is not None:
+        # Compiled: the programme below spends its time in NumPy calls on rows of a few hundred
+        # entries (0.8 s of the 3 s that re-arranging took per 224 px photo).
+        paths = np.empty((math.prod(batch), height), dtype=np.int64)
+        _seam_kernel(np.ascontiguousarray(cost, dtype=np.float64).reshape(-1, height, width), paths)
+        return paths.reshape(*batch, height)
     total = cost[..., 0, :].copy()
     steps = np.zeros((*batch, height, width), dtype=np.int8)
     padded = np.full((*batch, width + 2), np.inf)
@@ -80,6 +88,39 @@ def seam_path(cost: np.ndarray) -> np.ndarray:
         step = np.take_along_axis(steps[..., row, :], path[..., row : row + 1], axis=-1)[..., 0]
         path[..., row - 1] = path[..., row] + step - 1
     return path
+
+
+def _seam_paths(cost, paths):  # type: ignore[no-untyped-def]
+    """seam_path's programme for costs (B, H, W) into paths (B, H), with the same choices."""
+    count, height, width = cost.shape
+    steps = np.zeros((height, width), dtype=np.int8)
+    total = np.empty(width)
+    previous = np.empty(width)
+    for problem in range(count):
+        total[:] = cost[problem, 0]
+        for row in range(1, height):
+            previous[:] = total
+            for column in range(width):
+                step = 0
+                best = previous[column - 1] if column > 0 else np.inf
+                if previous[column] < best:
+                    step = 1
+                    best = previous[column]
+                if column + 1 < width and previous[column + 1] < best:
+                    step = 2
+                    best = previous[column + 1]
+                steps[row, column] = step
+                total[column] = cost[problem, row, column] + best
+        end = 0
+        for column in range(1, width):
+            if total[column] < total[end]:
+                end = column
+        paths[problem, height - 1] = end
+        for row in range(height - 1, 0, -1):
+            paths[problem, row - 1] = paths[problem, row] + steps[row, paths[problem, row]] - 1
+
+
+_seam_kernel = numba.njit(nogil=True, cache=True)(_seam_paths) if numba is not None else None
 
 
 def band_displacement(

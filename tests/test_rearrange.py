@@ -29,6 +29,19 @@ def test_seam_path_is_the_cheapest_connected_path():
     assert tuple(seam_path(cost)) == best
 
 
+def test_compiled_seams_choose_as_the_numpy_programme(monkeypatch):
+    import iwdctl.rearrange as module
+
+    generator = np.random.default_rng(4)
+    # Ties (few distinct values) and forbidden columns (band_displacement's): the same leftmost choices.
+    cost = generator.integers(0, 3, (6, 9, 30, 17)).astype(np.float64)
+    cost[..., 2:5] = np.inf
+    cost[1, 2, :, 12:] = np.inf
+    compiled = seam_path(cost)
+    monkeypatch.setattr(module, "_seam_kernel", None)
+    assert np.array_equal(compiled, seam_path(cost))
+
+
 @pytest.fixture(scope="module")
 def photos() -> torch.Tensor:
     names = ("0c7ac4a8c9dfa802", "629138193e021cdf")
