@@ -226,7 +226,9 @@ def pair_cost_matrix(u: np.ndarray, v: np.ndarray, threads: int = 1, dtype: type
     u, v_columns = np.ascontiguousarray(u, dtype=np.float64), np.ascontiguousarray(v.T, dtype=np.float64)
     out = np.empty((len(u), len(v)), dtype=dtype)
     if _dense_kernel is None:
-        out[:] = np.abs(u[:, None, :] - v[None, :, :]).mean(axis=2)
+        rows = max(1, 2**22 // max(1, v_columns.size))  # bounds the broadcast difference's memory
+        for start in range(0, len(u), rows):
+            out[start : start + rows] = np.abs(u[start : start + rows, None, :] - v_columns.T[None]).mean(axis=2)
         return out
     bounds = np.linspace(0, len(u), max(1, threads) + 1).astype(int)
 

@@ -183,6 +183,15 @@ def test_pair_cost_matrix_equals_the_definition_and_the_listed_costs():
     assert pair_cost_matrix(u, v, 2, np.float32).dtype == np.float32
 
 
+def test_pair_cost_matrix_without_numba(monkeypatch):
+    from iwdctl import costs
+
+    monkeypatch.setattr(costs, "_dense_kernel", None)
+    generator = np.random.default_rng(2)
+    u, v = generator.random((300, 147)), generator.random((200, 147))  # more rows than one chunk
+    np.testing.assert_allclose(costs.pair_cost_matrix(u, v), np.abs(u[:, None] - v[None]).mean(axis=2), rtol=1e-14)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_assignment_is_optimal_on_hard_matrices(seed):
     """Random, tied and low-rank matrices: the auction + exact finish equals SciPy's optimum."""
