@@ -42,18 +42,30 @@ class StAdv(Attack):
     bilinearly; minimizes L_adv + tau * L_flow, with L_adv = max(-margin, -kappa) (the C&W-style
     margin of the criterion) and L_flow the smoothness loss of eq. 4, counted per 32x32 area for larger
     images (tau was set for 32x32 inputs; summed over a 224x224 image it would swamp L_adv). The paper
-    uses L-BFGS; we use Adam and keep the adversarial iterate with the smallest flow loss.
-    Defaults: tau = 0.05, kappa = 0.5 (a margin that survives 8-bit rounding), steps = 100, lr = 0.01 (pixels).
+    uses L-BFGS; we use Adam and keep the adversarial iterate with the smallest flow loss. An image
+    not yet adversarial has its tau divided by `relax` every `relax_every` steps (as C&W search their
+    constant): at tau = 0.05 the smoothness term's subgradient, which does not vanish at small flows,
+    outweighed the margin of the tiny6 models (small logits) and left the flow at zero on every image.
+    Defaults: tau = 0.05, kappa = 0.5 (a margin that survives 8-bit rounding), steps = 100, lr = 0.01
+    (pixels), relax = 10, relax_every = 20.
     """
 
     name = "stadv"
     distance = "flow"
 
     def __init__(
-        self, model: ImageClassifier, tau: float = 0.05, kappa: float = 0.5, steps: int = 100, lr: float = 0.01
+        self,
+        model: ImageClassifier,
+        tau: float = 0.05,
+        kappa: float = 0.5,
+        steps: int = 100,
+        lr: float = 0.01,
+        relax: float = 10.0,
+        relax_every: int = 20,
     ) -> None:
         super().__init__(model)
         self.tau, self.kappa, self.steps, self.lr = tau, kappa, steps, lr
+        self.relax, self.relax_every = relax, relax_every
 
     def forward(self, images: torch.Tensor, criterion: Criterion, generators: list[torch.Generator]) -> torch.Tensor:
         # A tiny random flow breaks the symmetry of sqrt at zero (its gradient is 0/0 there).
@@ -63,7 +75,10 @@ class StAdv(Attack):
         self.area_scale = min(1.0, 1024 / (images.shape[-2] * images.shape[-1]))
         best = images.clone()
         best_smoothness = torch.full((len(images),), float("inf"), device=self.device)
-        for _ in range(self.steps):
+        tau = torch.full((len(images),), self.tau, device=self.device)
+        for step in range(self.steps):
+            if step and step % self.relax_every == 0:
+                tau = torch.where(torch.isinf(best_smoothness), tau / self.relax, tau)
             adversarial = warp(images, flow)
             logits = self.model(adversarial)
             margin = criterion.margin(logits)
@@ -72,7 +87,7 @@ class StAdv(Attack):
                 better = (margin > self.kappa) & (smoothness < best_smoothness)
                 best[better] = adversarial[better].detach()
                 best_smoothness[better] = smoothness[better]
-            loss = (torch.clamp(-margin, min=-self.kappa) + self.tau * smoothness).sum()
+            loss = (torch.clamp(-margin, min=-self.kappa) + tau * smoothness).sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
