@@ -507,7 +507,7 @@ shortest_paths_finish = _compile(_shortest_paths_finish)
 cancel_and_repair = _compile(_cancel_and_repair)
 
 
-def _in_row_parts(work: Callable[[int, int], Any], rows: int, threads: int) -> list[Any]:
+def in_row_parts(work: Callable[[int, int], Any], rows: int, threads: int) -> list[Any]:
     """work(start, stop) over `threads` contiguous row ranges at once (the kernels release the GIL)."""
     if threads <= 1:
         return [work(0, rows)]
@@ -530,7 +530,7 @@ def row_minima(cost: np.ndarray, prices: np.ndarray, threads: int = 1, floors: n
     out = np.empty(len(cost))
     floors = _NO_FLOORS if floors is None else floors
     price_floors = _block_minima(prices)
-    _in_row_parts(
+    in_row_parts(
         lambda start, stop: _row_minima_kernel(cost, prices, floors, price_floors, start, stop, out), len(cost), threads
     )
     return out
@@ -549,7 +549,7 @@ def edges_below(
     `floors` (block_floors) let blocks be skipped unread."""
     floors = _NO_FLOORS if floors is None else floors
     dual_floors = _block_minima(-column_duals)
-    parts = _in_row_parts(
+    parts = in_row_parts(
         lambda start, stop: _edges_below_kernel(
             cost, row_duals, column_duals, absolute, relative, floors, dual_floors, start, stop
         ),
@@ -564,7 +564,7 @@ def block_floors(cost: np.ndarray, threads: int = 1) -> tuple[np.ndarray, float]
     the matrix's dtype, and the range of the entries (largest minus smallest)."""
     n = len(cost)
     floors = np.empty((n, cost.shape[1] // SCAN_BLOCK), dtype=cost.dtype)
-    parts = _in_row_parts(lambda start, stop: _block_floors_kernel(cost, start, stop, floors), n, threads)
+    parts = in_row_parts(lambda start, stop: _block_floors_kernel(cost, start, stop, floors), n, threads)
     return floors, float(max(high for _, high in parts)) - float(min(low for low, _ in parts))
 
 

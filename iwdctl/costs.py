@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from iwdctl.assignment import numba
+from iwdctl.assignment import in_row_parts, numba
 
 if TYPE_CHECKING:
     import torch
@@ -230,13 +230,7 @@ def pair_cost_matrix(u: np.ndarray, v: np.ndarray, threads: int = 1, dtype: type
         for start in range(0, len(u), rows):
             out[start : start + rows] = np.abs(u[start : start + rows, None, :] - v_columns.T[None]).mean(axis=2)
         return out
-    bounds = np.linspace(0, len(u), max(1, threads) + 1).astype(int)
-
-    def part(index: int) -> None:
-        _dense_kernel(u, v_columns, bounds[index], bounds[index + 1], out)
-
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        list(pool.map(part, range(max(1, threads))))
+    in_row_parts(lambda start, stop: _dense_kernel(u, v_columns, start, stop, out), len(u), threads)
     return out
 
 

@@ -323,23 +323,50 @@ def _on_accelerator(image: Any) -> bool:
     return hasattr(image, "detach") and image.device.type != "cpu"  # a torch tensor on a GPU
 
 
-def _matching(x: Any, y: Any, patch: int, stride: int, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """optimal_matching, with the float64 patches of x and y (NumPy) it was computed from."""
+@dataclass(frozen=True)
+class _PatchSets:
+    """The float64 patches of two images and which of them are left once identical ones are matched."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    keep_u: np.ndarray
+    keep_v: np.ndarray
+    groups_u: np.ndarray
+    groups_v: np.ndarray
+
+
+def _patch_sets(x: Any, y: Any, patch: int, stride: int) -> _PatchSets:
     xs, ys = as_array(x, np.float64), as_array(y, np.float64)
     u, v = patch_array(xs, patch, stride), patch_array(ys, patch, stride)
-    keep_u, keep_v, groups_u, groups_v = _unshared(u, v)
+    return _PatchSets(xs, ys, u, v, *_unshared(u, v))
+
+
+def _matching(
+    x: Any, y: Any, patch: int, stride: int, threads: int, sets: _PatchSets | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """optimal_matching, with the float64 patches of x and y (NumPy) it was computed from; `sets`:
+    _patch_sets(x, y, patch, stride) if already at hand."""
+    sets = sets or _patch_sets(x, y, patch, stride)
+    u, v, keep_u, keep_v = sets.u, sets.v, sets.keep_u, sets.keep_v
     matching = np.empty(len(u), dtype=np.int64)
     # The k-th copy of a patch in x is matched to the k-th copy in y: both sides list their shared
     # copies in the same (group, copy) order.
     shared_u, shared_v = np.nonzero(~keep_u)[0], np.nonzero(~keep_v)[0]
-    matching[shared_u[np.argsort(groups_u[shared_u], kind="stable")]] = shared_v[
-        np.argsort(groups_v[shared_v], kind="stable")
+    matching[shared_u[np.argsort(sets.groups_u[shared_u], kind="stable")]] = shared_v[
+        np.argsort(sets.groups_v[shared_v], kind="stable")
     ]
     if keep_u.any():
         # Tensors on a GPU keep their device: the cost matrix is built there.
-        pair = (x.detach().double(), y.detach().double()) if _on_accelerator(x) else (xs, ys)
+        pair = (x.detach().double(), y.detach().double()) if _on_accelerator(x) else (sets.xs, sets.ys)
         matching[keep_u] = np.nonzero(keep_v)[0][_assignment(*pair, u, v, keep_u, keep_v, patch, stride, threads)]
     return matching, u, v
+
+
+def _matched_value(matching: np.ndarray, u: np.ndarray, v: np.ndarray) -> float:
+    # The value from the matched patches' costs summed directly, not from the matrix, as POT does.
+    return float(np.abs(u - v[matching]).mean(axis=1).sum() / len(u))
 
 
 def _assignment(
@@ -402,9 +429,7 @@ def _device_assignment(x: Any, y: Any, keep_u: np.ndarray, keep_v: np.ndarray, p
 def exact_iwd(x: Any, y: Any, patch: int = 7, stride: int = 1, threads: int = 1) -> float:
     """Exact IWD of two analysis-size images (3, H, W) (tensors or NumPy arrays), in float64.
     `threads` split the cost matrix."""
-    matching, u, v = _matching(x, y, patch, stride, threads)
-    # The value from the matched patches' costs summed directly, not from the matrix, as POT does.
-    return float(np.abs(u - v[matching]).mean(axis=1).sum() / len(u))
+    return _matched_value(*_matching(x, y, patch, stride, threads))
 
 
 def iwd_lower_bound(x: Any, y: Any, patch: int = 7) -> float:
@@ -415,10 +440,8 @@ def iwd_lower_bound(x: Any, y: Any, patch: int = 7) -> float:
     with a band moved: iwdctl.rearrange), the exact value, which costs no more there (64 px: 13-50 ms
     against the sweeps' 50-90 ms)."""
     x, y = as_array(x, np.float64), as_array(y, np.float64)
-    if x.shape == y.shape and _unshared(*(patch_array(image, patch, 1) for image in (x, y)))[0].mean() <= (
-        DIRECT_COSTS_SHARE
-    ):
-        return exact_iwd(x, y, patch)
+    if x.shape == y.shape and (sets := _patch_sets(x, y, patch, 1)).keep_u.mean() <= DIRECT_COSTS_SHARE:
+        return _matched_value(*_matching(x, y, patch, 1, 1, sets))
     terms = x.shape[0] * patch * patch
     margin = _window_sum_error(terms)
     bound = 0.0
