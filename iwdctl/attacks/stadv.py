@@ -46,8 +46,12 @@ class StAdv(Attack):
     not yet adversarial has its tau divided by `relax` every `relax_every` steps (as C&W search their
     constant): at tau = 0.05 the smoothness term's subgradient, which does not vanish at small flows,
     outweighed the margin of the tiny6 models (small logits) and left the flow at zero on every image.
-    Defaults: tau = 0.05, kappa = 0.5 (a margin that survives 8-bit rounding), steps = 100, lr = 0.01
-    (pixels), relax = 10, relax_every = 20.
+    Defaults: tau = 0.05, kappa = 0.5 (a margin that survives 8-bit rounding), steps = 100, lr = 0.1
+    (pixels), relax = 10, relax_every = 20. Chosen on tiny6 *train* images (120, 20 per class; the
+    benchmarks report val images): with steps of 0.01 px the flow moved at most 1 px in 100 steps and
+    fooled 24% of the natural model's correct images and none of the PGD model's; 0.1 px: 74% and 6%
+    (0.3 px: 84% and 13%, at 1.2-1.6x the distortion). Adam's step bounds the flow's growth, where the
+    paper's L-BFGS runs to convergence.
     """
 
     name = "stadv"
@@ -59,7 +63,7 @@ class StAdv(Attack):
         tau: float = 0.05,
         kappa: float = 0.5,
         steps: int = 100,
-        lr: float = 0.01,
+        lr: float = 0.1,
         relax: float = 10.0,
         relax_every: int = 20,
     ) -> None:
@@ -72,7 +76,7 @@ class StAdv(Attack):
         flow = (self.uniform(generators, (2, *images.shape[2:]), -1e-3, 1e-3)).requires_grad_(True)
         optimizer = torch.optim.Adam([flow], lr=self.lr)
         # eq. 4 sums over pixels; tau = 0.05 was set for 32x32 images, so larger ones count per 32x32 area.
-        self.area_scale = min(1.0, 1024 / (images.shape[-2] * images.shape[-1]))
+        area_scale = min(1.0, 1024 / (images.shape[-2] * images.shape[-1]))
         best = images.clone()
         best_smoothness = torch.full((len(images),), float("inf"), device=self.device)
         tau = torch.full((len(images),), self.tau, device=self.device)
@@ -82,7 +86,7 @@ class StAdv(Attack):
             adversarial = warp(images, flow)
             logits = self.model(adversarial)
             margin = criterion.margin(logits)
-            smoothness = flow_loss(flow) * self.area_scale
+            smoothness = flow_loss(flow) * area_scale
             with torch.no_grad():
                 better = (margin > self.kappa) & (smoothness < best_smoothness)
                 best[better] = adversarial[better].detach()
