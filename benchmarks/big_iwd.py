@@ -86,9 +86,11 @@ def main() -> None:
                     values[tree_name].append(value)
             count = len(names)
             head = wholes["head"]
+            # make_pairs names pair k of a kind k.png, made from nips17 photo first + k.
+            slowest = arguments.first + int(names[head.index(max(head))].stem)
             row = (
                 f"| {kind} | {seconds['float64'] / count:.2f} | {seconds['float32'] / count:.2f} | "
-                f"{seconds['float64'] / seconds['float32']:.2f}x | {sum(head) / count:.2f} | {max(head):.2f} | "
+                f"{seconds['float64'] / seconds['float32']:.2f}x | {sum(head) / count:.2f} | {max(head):.2f} (photo {slowest}) | "
                 f"{worst:.1e} |"
             )
             if arguments.base:
