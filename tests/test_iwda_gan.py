@@ -178,3 +178,22 @@ def test_an_images_gan_sample_does_not_depend_on_the_classifiers_batch_padding(t
     ]
     assert torch.equal(samples[0], samples[1])
     assert make_attack("iwda", padded).model.batch_granule == 1
+
+
+def test_samples_past_the_first_build_on_x_rearranged_and_lie_apart(tiny_model, tiny_batch):
+    images, labels = tiny_batch[0][:2], tiny_batch[1][:2]
+    criterion = Misclassification(labels)
+    attack = make_attack("iwda", tiny_model, preset="quick", steps=2, refine=0)
+    generators = [torch.Generator().manual_seed(11 + index) for index in range(len(images))]
+    pyramid = attack.train(images, criterion, generators)
+    # Each sample follows its own start: x for the first, x mirrored for the second.
+    starts = torch.stack([images, images.flip(-1)], dim=1)
+    samples = pyramid.sample(2, criterion, generators, 3, starts)
+    for image, (first, second) in zip(images, samples):
+        assert (first - image).norm() < (first - image.flip(-1)).norm()
+        assert (second - image.flip(-1)).norm() < (second - image).norm()
+    # Through the attack, K samples lie apart: before, noise draws alone left them a few tenths apart.
+    drawn = attack.sample(images, criterion, [[3, 4, 5], [6, 7, 8]])
+    for image_samples in drawn:
+        apart = [(image_samples[i] - image_samples[j]).norm() for i in range(3) for j in range(i + 1, 3)]
+        assert min(apart) > 0.5
