@@ -55,7 +55,7 @@ PLAN: list[tuple[str, int, list[str]]] = [
     ("eot", 50, []),
     ("stadv", 40, []),
 ]
-DIVERSITY_METHODS = ("iwda-ot", "iwda-fast", "pgd")
+DIVERSITY_METHODS = ("iwda-ot", "iwda-fast", "iwda", "pgd")
 TINY6_WEIGHTS = "weights/tiny6-preact_resnet18_w16-{}.safetensors"
 
 

@@ -9,6 +9,7 @@ generator steps), so the projection is the measured per-iteration time times the
 sampling, refinement and set-up are added once. Success and IWD of such short runs are not the paper's figures.
 
     python benchmarks/gan_time.py [--preset paper] [--steps 4] [--together 1,8,32] [--device cuda]
+        [--precisions fp32,bf16]
         # writes benchmarks/results/gan_time_<device>.md
 """
 
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--together", default="1,8,32", help="images trained together (comma-separated)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--precisions", default="fp32", help="fp32, bf16 or both (comma-separated)")
     arguments = parser.parse_args()
     counts = [int(count) for count in arguments.together.split(",")]
     model = load_classifier(arguments.model, device=arguments.device)
@@ -56,8 +58,8 @@ def main() -> None:
     scales = len(pyramid_sizes(model.input_size, model.input_size))
     trained = scales if preset.scales is None else min(scales, preset.scales)
     rows = []
-    for count in counts:
-        attack = IWDA(model, preset=arguments.preset, steps=arguments.steps, images_at_once=count)
+    for precision, count in [(precision, count) for precision in arguments.precisions.split(",") for count in counts]:
+        attack = IWDA(model, preset=arguments.preset, steps=arguments.steps, images_at_once=count, precision=precision)
         marks: list[float] = []
         attack.progress = lambda done, total, _, marks=marks: (_synchronize(device), marks.append(time.perf_counter()))
         if device.type == "cuda":
@@ -71,18 +73,18 @@ def main() -> None:
         per_iteration = training / arguments.steps
         projected = (per_iteration * preset.iterations + (total - training)) / count
         memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-        rows.append((count, total, per_iteration, projected, memory))
+        rows.append((precision, count, total, per_iteration, projected, memory))
         print(rows[-1], flush=True)
     lines = [
         header(f"iwda (the paper's GAN): time per image with B images trained together, on {device.type}"),
         __doc__.split("\n\n")[1].replace("\n", " ") + "\n",
         f"Preset `{arguments.preset}` ({preset.description}); {trained} of {scales} scales trained; "
         f"measured with {arguments.steps} iterations per scale; model {arguments.model}.\n",
-        f"| B (images together) | measured s (all B) | s per iteration (all scales, all B) | projected s / image at {preset.iterations} iterations | peak GPU memory GiB |",
-        "| --- | --- | --- | --- | --- |",
+        f"| precision | B (images together) | measured s (all B) | s per iteration (all scales, all B) | projected s / image at {preset.iterations} iterations | peak GPU memory GiB |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for count, total, per_iteration, projected, memory in rows:
-        lines.append(f"| {count} | {total:.1f} | {per_iteration:.3f} | {projected:.1f} | {memory:.1f} |")
+    for precision, count, total, per_iteration, projected, memory in rows:
+        lines.append(f"| {precision} | {count} | {total:.1f} | {per_iteration:.3f} | {projected:.1f} | {memory:.1f} |")
     path = write_results(f"gan_time_{device.type}.md", "\n".join(lines) + "\n")
     print(path.read_text())
 

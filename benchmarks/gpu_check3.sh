@@ -2,7 +2,7 @@
 # The third prepared GPU run (../shared/gpu/README.md): prepare with
 #   ../shared/gpu/prepare --data nips17:40   (plus threadpoolctl's wheel copied into .gpu/whl)
 # then on the GPU machine: source .gpu/setup; bash benchmarks/gpu_check3.sh
-# The paper's GAN with B images trained together (issue 14), the native-resolution IWD estimate and
+# The paper's GAN with B images trained together, float32 and bfloat16 autocast (issue 14), the native-resolution IWD estimate and
 # `iwdctl measure --device cuda` against --device cpu (issue 13), and the default IWDA on CUDA; each
 # under its own time limit (measure_speed.py warms each kind up untimed, hence its 160 s), results
 # copied to $OUT. nips17 there is the first 40 photos of images.csv.
@@ -11,7 +11,8 @@ mkdir -p "$OUT"
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc
   python3 -c "import numba; print('numba', numba.__version__)" 2>&1 | tail -1
   python3 -c "import ot; print('POT', ot.__version__)" 2>&1 | tail -1; } > "$OUT/machine.txt"
-timeout 130 python3 benchmarks/gan_time.py --preset paper --steps 3 --together 1,8,32 > "$OUT/gan_time.txt" 2>&1
+timeout 130 python3 benchmarks/gan_time.py --preset paper --steps 3 --together 1,32 --precisions fp32,bf16 \
+    > "$OUT/gan_time.txt" 2>&1
 cp benchmarks/results/gan_time_cuda.md "$OUT/" 2>/dev/null
 timeout 80 python3 benchmarks/estimate_native.py --device cuda --photos 2 > "$OUT/estimate.txt" 2>&1
 cp benchmarks/results/estimate_native_cuda.md "$OUT/" 2>/dev/null

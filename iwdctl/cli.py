@@ -306,6 +306,9 @@ def attack_command(
         Optional[Path],
         typer.Option(help="iwda: amortised attack, one forward pass of the generator in an IWDD checkpoint."),
     ] = None,
+    precision: Annotated[
+        Optional[str], typer.Option(help="iwda: fp32, or bf16: the GAN's passes under bfloat16 autocast (GPUs).")
+    ] = None,
     eps: Annotated[
         Optional[str], typer.Option(help="Budget of l_p attacks (fgsm, pgd, pgd-l2, eot), e.g. 8/255 or 0.03.")
     ] = None,
@@ -362,7 +365,7 @@ def attack_command(
     # Batch-invariant outputs for jobs of several images; a lone image is not padded (16x its cost).
     victim = classifier.batch_invariant() if len(samples) > 1 else classifier
     options = {"tau": tau, "preset": preset, "start_scale": start_scale, "eps": budget, "steps": steps}
-    options |= {"generator": generator, "refine": refine}
+    options |= {"generator": generator, "refine": refine, "precision": precision}
     attack = make_attack(method, victim, **options)
     with progress_bar(quiet or rank > 0, unit="images") as progress:
         attack.progress = progress

@@ -33,11 +33,17 @@ from iwdctl.errors import InputError
 from iwdctl.files import write_atomic, write_text_atomic
 from iwdctl.images import is_image_file
 from iwdctl.models import ARCHITECTURES, ImageClassifier, save_classifier
-from iwdctl.runtime import ProgressCallback, batchnorm_statistics_kept, frozen, no_progress
+from iwdctl.runtime import (
+    ProgressCallback,
+    autocast,
+    batchnorm_statistics_kept,
+    check_precision,
+    frozen,
+    no_progress,
+)
 
 METHODS = ("natural", "pgd", "free", "iwdd")
 SCHEDULES = ("multistep", "cosine")
-PRECISIONS = ("fp32", "bf16")
 
 
 def projected_start(images: torch.Tensor, samples: torch.Tensor, eps: float) -> torch.Tensor:
@@ -73,8 +79,7 @@ class TrainConfig:
     precision: str = "fp32"  # bf16: forward and backward passes under bfloat16 autocast
 
     def validate(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise InputError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if self.schedule not in SCHEDULES:
             raise InputError(f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
         if self.method not in METHODS:
@@ -493,9 +498,7 @@ class Trainer:
         return loss.item(), (adversarial_logits.argmax(1) == labels).float().mean().item()
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
-        if self.config.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.config.precision, self.device)
 
     @torch.no_grad()
     def validate(self) -> float:

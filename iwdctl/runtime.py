@@ -149,3 +149,21 @@ def batchnorm_statistics_kept(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """bf16: the block's passes under bfloat16 autocast (parameters and optimizer state stay float32);
+    fp32: as they are."""
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -197,3 +197,23 @@ def test_samples_past_the_first_build_on_x_rearranged_and_lie_apart(tiny_model, 
     for image_samples in drawn:
         apart = [(image_samples[i] - image_samples[j]).norm() for i in range(3) for j in range(i + 1, 3)]
         assert min(apart) > 0.5
+
+
+def test_bf16_gan_runs_under_autocast_with_float32_weights_and_images(tiny_model, tiny_batch):
+    images, labels = tiny_batch[0][:1], tiny_batch[1][:1]
+    criterion = Misclassification(labels)
+
+    def pyramid_and_samples(precision: str) -> tuple[TrainedPyramid, torch.Tensor]:
+        attack = make_attack("iwda", tiny_model, preset="quick", steps=2, refine=0, precision=precision)
+        generators = [torch.Generator().manual_seed(2)]
+        pyramid = attack.train(images, criterion, generators)
+        return pyramid, pyramid.sample(2, criterion, generators, 2)
+
+    pyramid, samples = pyramid_and_samples("bf16")
+    _, reference = pyramid_and_samples("fp32")
+    weights = [parameter for network in pyramid.generators for parameter in network.parameters()]
+    assert all(parameter.dtype == torch.float32 for parameter in weights)
+    assert samples.dtype == torch.float32 and samples.min() >= 0 and samples.max() <= 1
+    # Rounded differently (autocast is on), yet the same re-synthesis of x.
+    assert not torch.equal(samples, reference)
+    assert (samples - reference).abs().mean() < 0.05
