@@ -230,11 +230,11 @@ class IWDA(Attack):
     `start_scale` S injects x (downsampled) at scale S: higher S stays closer to x, S = 0 lets the
     coarsest generator re-arrange the image freely. K samples come from one trained pyramid; up to
     `draws_per_sample` noise draws are tried per sample to find adversarial ones. Where x is injected,
-    sample k > 0 builds on x re-arranged instead (SinGAN's editing: the k-th of iwda-ot's starts,
-    iwdctl.rearrange), so the samples move content apart: from noise draws alone, on nips17 rows
-    800-803 against lite0 (preset cpu, `--num 4`, targeted), they lay 4.5 apart in l2 (PGD's l2 to
-    x: 7.9); built on re-arranged x, 15.2 apart, at IWD 0.0023-0.0052 per moved sample (PGD: 0.0044-
-    0.0048); untargeted (the first 3 photos) 17.6 apart at 0.0019-0.0024.
+    sample k > 0 builds on x re-arranged instead (SinGAN's editing: the k-th move of a pool chosen as
+    iwda-ot's starts are, iwdctl.rearrange), so the samples move content apart: from noise draws
+    alone, on nips17 rows 800-803 against lite0 (preset cpu, `--num 4`, targeted), they lay 4.5 apart
+    in l2 (PGD's l2 to x: 7.9); built on re-arranged x, 15.2 apart, at IWD 0.0023-0.0052 per moved
+    sample (PGD: 0.0044-0.0048); untargeted (the first 3 photos) 17.6 apart at 0.0019-0.0024.
 
     Beyond the paper, each sample is then refined by `refine` steps of descent on the exact IWD
     (IWDAOT's loop started from the sample, Adam step 0.5/255): the critic only estimates IWD, and
