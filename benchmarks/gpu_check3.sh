@@ -2,8 +2,9 @@
 # The third prepared GPU run (../shared/gpu/README.md): prepare with
 #   ../shared/gpu/prepare --data nips17:40   (plus threadpoolctl's wheel copied into .gpu/whl)
 # then on the GPU machine: source .gpu/setup; bash benchmarks/gpu_check3.sh
-# The paper's GAN with B images trained together, float32 and bfloat16 autocast (issue 14), the native-resolution IWD estimate and
-# `iwdctl measure --device cuda` against --device cpu (issue 13), and the default IWDA on CUDA; each
+# The paper's GAN with B images trained together, in float32 and under bfloat16 autocast (issue 14),
+# the native-resolution IWD estimate and `iwdctl measure --device cuda` against --device cpu (issue
+# 13), and the default IWDA on CUDA; each
 # under its own time limit (measure_speed.py warms each kind up untimed, hence its 160 s), results
 # copied to $OUT. nips17 there is the first 40 photos of images.csv.
 OUT=${OUT:-/tmp/gpu_out}
