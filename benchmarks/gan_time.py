@@ -16,6 +16,7 @@ sampling, refinement and set-up are added once. Success and IWD of such short ru
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -58,7 +59,7 @@ def main() -> None:
     scales = len(pyramid_sizes(model.input_size, model.input_size))
     trained = scales if preset.scales is None else min(scales, preset.scales)
     rows = []
-    for precision, count in [(precision, count) for precision in arguments.precisions.split(",") for count in counts]:
+    for precision, count in itertools.product(arguments.precisions.split(","), counts):
         attack = IWDA(model, preset=arguments.preset, steps=arguments.steps, images_at_once=count, precision=precision)
         marks: list[float] = []
         attack.progress = lambda done, total, _, marks=marks: (_synchronize(device), marks.append(time.perf_counter()))

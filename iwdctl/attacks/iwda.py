@@ -262,9 +262,10 @@ class IWDA(Attack):
     bitwise equal to those trained alone. Hence one at a time on a CPU (where stacking gains little
     at 224 px), so that outputs do not depend on batch size or sharding, and 16 on a GPU.
     `precision` "bf16" runs the GAN's passes (generators, critics, gradient penalty, classifier) under
-    bfloat16 autocast, with float32 weights, optimizer state, losses and images; its samples then differ
-    from float32's as any rounding change does after GAN training. Meant for GPUs: on the 2-core CPU
-    without bfloat16 units it is slower. The refinement stays float32.
+    bfloat16 autocast, with float32 weights, optimizer state, losses and images (a generator's output is
+    float32: its residual adds the float32 input); its samples then differ from float32's as any
+    rounding change does after GAN training. Meant for GPUs: on the 2-core CPU without bfloat16 units
+    it is slower. The refinement stays float32.
     Defaults: tau = 0.1, alpha = 10, lambda = 0.1, kappa = 1.0, preset "cpu" (see PRESETS), start_scale
     from the preset, steps (iterations per scale) from the preset, images_at_once = 16 on CUDA, else 1,
     refine = 50, precision "fp32".
@@ -453,7 +454,7 @@ class TrainedPyramid:
             else:
                 noise = self._noise(scale, samples, generators)
             with self.attack.autocast():
-                current = scale_generator(self.noise_amplitudes[offset] * noise, previous).float()
+                current = scale_generator(self.noise_amplitudes[offset] * noise, previous)
         if upto < len(self.reals) and self.generators[: upto - self.first]:
             current = _resize(current, tuple(self.reals[upto].shape[-2:]))
         return current
@@ -516,7 +517,7 @@ class TrainedPyramid:
                 noise = amplitude * self._noise(scale, 1, generators)
                 # The generator does not change during the critic's steps: one fake serves all three.
                 with attack.autocast():
-                    fakes = scale_generator(noise, previous).float()
+                    fakes = scale_generator(noise, previous)
             for _ in range(3):
                 rho = torch.cat([torch.rand(1, 1, generator=generator) for generator in generators], dim=1)
                 with attack.autocast():
@@ -530,10 +531,10 @@ class TrainedPyramid:
                 optimizer_d.step()
             for _ in range(3):
                 with attack.autocast():
-                    fake = scale_generator(noise, previous).float()
+                    fake = scale_generator(noise, previous)
                     reconstruction = scale_generator(amplitude * reconstruction_noise, reconstruction_previous)
                     adversarial = -self._per_image_mean(critic_scores(critic, real, fake)[1])
-                    fidelity = attack.alpha * self._per_image_mean((reconstruction.float() - real) ** 2)
+                    fidelity = attack.alpha * self._per_image_mean((reconstruction - real) ** 2)
                     loss = (adversarial + fidelity).sum()
                     if attack.gan_tau:
                         classification = attack.classification_loss(fake.clamp(0, 1), criterion, self.count)
