@@ -302,6 +302,10 @@ def attack_command(
     refine: Annotated[
         Optional[int], typer.Option(help="iwda: exact-IWD steps once a GAN sample fools (0: the GAN's own samples).")
     ] = None,
+    candidates: Annotated[
+        Optional[int],
+        typer.Option(help="iwda: refined draws per sample; the adversarial one of least IWD is kept."),
+    ] = None,
     generator: Annotated[
         Optional[Path],
         typer.Option(help="iwda: amortised attack, one forward pass of the generator in an IWDD checkpoint."),
@@ -342,6 +346,7 @@ def attack_command(
         require_at_least(value, minimum, name)
     require_at_least(start_scale, 0, "--start-scale")
     require_at_least(refine, 0, "--refine")
+    require_at_least(candidates, 1, "--candidates")
     budget = parse_budget(eps) if eps is not None else None
     if target is not None and targets_from is not None:
         raise IwdctlError("give either --target or --targets-from, not both")
@@ -365,7 +370,7 @@ def attack_command(
     # Batch-invariant outputs for jobs of several images; a lone image is not padded (16x its cost).
     victim = classifier.batch_invariant() if len(samples) > 1 else classifier
     options = {"tau": tau, "preset": preset, "start_scale": start_scale, "eps": budget, "steps": steps}
-    options |= {"generator": generator, "refine": refine, "precision": precision}
+    options |= {"generator": generator, "refine": refine, "precision": precision, "candidates": candidates}
     attack = make_attack(method, victim, **options)
     with progress_bar(quiet or rank > 0, unit="images") as progress:
         attack.progress = progress

@@ -61,6 +61,7 @@ def _bad_inputs(tmp_path):
         "attack unknown method": ["attack", str(tmp_path / "flat"), "--method", "magic"],
         "attack unknown target": ["attack", str(tmp_path / "flat"), "--target", "barnn"],
         "attack negative refine": ["attack", str(tmp_path / "flat"), "--method", "iwda", "--refine", "-1"],
+        "attack no candidates": ["attack", str(tmp_path / "flat"), "--method", "iwda", "--candidates", "0"],
         "attack unreadable image in a worker": [
             "attack",
             str(tmp_path / "text.png"),
@@ -109,6 +110,7 @@ def _bad_inputs(tmp_path):
         "attack unknown method",
         "attack unknown target",
         "attack negative refine",
+        "attack no candidates",
         "attack unreadable image in a worker",
         "attack image without a target",
         "measure view smaller than a patch",

@@ -217,3 +217,26 @@ def test_bf16_gan_runs_under_autocast_with_float32_weights_and_images(tiny_model
     # Rounded differently (autocast is on), yet the same re-synthesis of x.
     assert not torch.equal(samples, reference)
     assert (samples - reference).abs().mean() < 0.05
+
+
+def test_each_sample_keeps_its_verified_candidate_of_least_iwd(tiny_model, tiny_batch, monkeypatch):
+    images, labels = tiny_batch[0][:2], tiny_batch[1][:2]
+    attack = make_attack("iwda", tiny_model, preset="quick", candidates=3)
+    assert make_attack("iwda", tiny_model, refine=0).candidates == 1  # unrefined draws are ranked already
+    # 2 images x 2 samples x 3 candidates: noise of amplitude 0.2, 0.02 and 0.1, so IWD ranks 1, 2, 0.
+    noise = torch.rand((2, 2, 3, *images.shape[1:]), generator=torch.Generator().manual_seed(0)) - 0.5
+    amplitudes = torch.tensor([0.2, 0.02, 0.1])[None, None, :, None, None, None]
+    refined = (images[:, None, None] + noise * amplitudes).clamp(0, 1)
+    distances = torch.tensor(
+        [
+            [[exact_iwd(image.double(), candidate.double()) for candidate in sample] for sample in samples]
+            for image, samples in zip(images, refined)
+        ]
+    )
+    assert (distances.argsort(dim=2) == torch.tensor([1, 2, 0])).all()
+    verified = torch.tensor([[[1, 1, 1], [1, 0, 1]], [[0, 0, 0], [1, 0, 0]]], dtype=torch.bool)
+    monkeypatch.setattr(attack.refiner, "verified", lambda flat, criterion: verified.flatten())
+    kept = attack._least_iwd(images, refined.flatten(1, 2), Misclassification(labels), 2)
+    # The verified one of least IWD; where none is verified, the first.
+    expected = torch.stack([refined[0, 0, 1], refined[0, 1, 2], refined[1, 0, 0], refined[1, 1, 0]])
+    assert torch.equal(kept.flatten(0, 1), expected)

@@ -207,6 +207,11 @@ class PatchDistributionAttack(Attack):
             moved = moved + noise.to(image.device) * self.start_noise
         return moved.clamp(0, 1)
 
+    def verified(self, images: torch.Tensor, criterion: Criterion) -> torch.Tensor:
+        """(n,) whether each 8-bit image is adversarial as the loop verifies its roundings: by the margin
+        kappa, under every loader view where they are checked."""
+        return self._margin(images, criterion) >= self.kappa
+
     def _margin(self, images: torch.Tensor, criterion: Criterion) -> torch.Tensor:
         """The criterion's margin, the smallest over the model's loader views when they are checked.
 
@@ -270,7 +275,7 @@ class PatchDistributionAttack(Attack):
                     # and so D, stay closer to the candidate's than under the nearest rounding.
                     checked = finished.nonzero()[:, 0]
                     rounded[checked] = dither(candidate[checked])
-                    finished[checked] = self._margin(rounded[checked], criterion.select(checked)) >= self.kappa
+                    finished[checked] = self.verified(rounded[checked], criterion.select(checked))
                 finished_rows = finished.tolist()
             spent = [row.step >= self.steps for row in live]
             # D steps the rows that go on and, while polishing, ranks the adversarial roundings.
