@@ -45,9 +45,10 @@ except ImportError:  # pragma: no cover - exercised where numba is absent (see t
 # wars of flat photos' pairs made 16 (tuned at 64 px) slow: auction 14.5 -> 10.4 s (nips17 photo 602,
 # shift), 17.2 -> 12.1 s (820, JPEG), 3.0 -> 2.7 s (602, JPEG); on photo 600's shift, rotation and noise
 # pairs within +-0.1 s (4: as fast on the hard pairs, up to 1.5x slower on those). At 64 px, over the
-# 24 measure_speed pairs of photos 600, 602 and 820: 5.1 -> 4.7 s, 2.20M -> 2.03M bids. Below 1e-4 / n (3e-8 at
-# 64 px) the last phase resolves float32 rounding and near-ties that the exact finish settles anyway:
-# 1e-5 took 3-56% longer per pair (re-arranged 3%, shift 5%, noise 56%; darkest photos' noise 36%).
+# 24 measure_speed pairs of photos 600, 602 and 820: 5.1 -> 4.7 s, 2.20M -> 2.03M bids.
+# Below 1e-4 / n (3e-8 at 64 px) the last phase resolves float32 rounding and near-ties that the exact
+# finish settles anyway: 1e-5 took 3-56% longer per pair (re-arranged 3%, shift 5%, noise 56%; darkest
+# photos' noise 36%).
 START_DIVISOR = 32.0
 FINAL_TOTAL_GAP = 1e-4
 SCALING = 8.0
