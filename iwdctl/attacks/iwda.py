@@ -12,6 +12,7 @@ from torch import nn
 
 from iwdctl.attacks.base import Attack, ImageJob
 from iwdctl.attacks.iwda_ot import IWDAOT
+from iwdctl.attacks.patch_attack import default_margin
 from iwdctl.criteria import Criterion, bounded_classification_loss
 from iwdctl.distances import IWD
 from iwdctl.errors import InputError
@@ -276,7 +277,8 @@ class IWDA(Attack):
     float32: its residual adds the float32 input); its samples then differ from float32's as any
     rounding change does after GAN training. Meant for GPUs: on the 2-core CPU without bfloat16 units
     it is slower. The refinement stays float32.
-    Defaults: tau = 0.1, alpha = 10, lambda = 0.1, kappa = 1.0, preset "cpu" (see PRESETS), start_scale
+    Defaults: tau = 0.1, alpha = 10, lambda = 0.1, kappa as iwda-ot's (1.0 where loader views are
+    checked, else 0.1: default_margin), preset "cpu" (see PRESETS), start_scale
     from the preset, steps (iterations per scale) from the preset, images_at_once = 16 on CUDA, else 1,
     refine = 50, precision "fp32", candidates = 2.
     """
@@ -295,7 +297,7 @@ class IWDA(Attack):
         gp_weight: float = 0.1,
         lr: float = 5e-4,
         draws_per_sample: int = 8,
-        kappa: float = 1.0,
+        kappa: float | None = None,
         images_at_once: int | None = None,
         refine: int = REFINE_STEPS,
         precision: str = "fp32",
@@ -323,10 +325,10 @@ class IWDA(Attack):
         self.start_scale = start_scale
         self.iterations = steps or self.preset.iterations  # per scale
         self.draws_per_sample = draws_per_sample
-        self.kappa = kappa
+        self.kappa = default_margin(self.model, True) if kappa is None else kappa
         self.images_at_once = images_at_once or (GPU_IMAGES_AT_ONCE if self.device.type == "cuda" else 1)
         self.refiner = (
-            IWDAOT(self.model, tau=tau, kappa=kappa, moves=0, polish=refine, lr=REFINE_LR, max_lr=REFINE_LR)
+            IWDAOT(self.model, tau=tau, kappa=self.kappa, moves=0, polish=refine, lr=REFINE_LR, max_lr=REFINE_LR)
             if refine
             else None
         )

@@ -18,8 +18,9 @@ class IWDAFast(PatchDistributionAttack):
     with random projections redrawn every step; the loop, stopping rule and diverse starts are
     PatchDistributionAttack's (extra samples start shifted, with +-4/255 noise). It stops at the
     first adversarial rounding, so its examples are tiny perturbations, not re-arrangements.
-    Defaults: tau = 0.1, kappa = 1.0, steps = 300, lr = 0.25/255, patch = 7, projections = 64,
-    shift = 6, no tau escalation, loader_views = True.
+    Defaults: tau = 0.1, kappa = 1.0 where loader views are checked, else 0.1 (default_margin),
+    steps = 300, lr = 0.25/255, patch = 7, projections = 64, shift = 6, no tau escalation,
+    loader_views = True.
     """
 
     name = "iwda-fast"
@@ -29,7 +30,7 @@ class IWDAFast(PatchDistributionAttack):
         self,
         model: ImageClassifier,
         tau: float = 0.1,
-        kappa: float = 1.0,
+        kappa: float | None = None,
         steps: int = 300,
         lr: float = 0.25 / 255,
         patch: int = 7,
