@@ -23,7 +23,7 @@ ADAM_EPS = 1e-8
 # checked too (loader views: resizes the file may go through elsewhere), 1 logit also covers other
 # implementations of those resizes; where the saved file is verified exactly as any reader gets it,
 # 0.1 covers device and batch arithmetic. On the robust tiny6 models, whose clean margins are about
-# 0.2-0.3 logits, a margin of 1 took 2.5-5x the IWD: on 40 correctly classified val images each
+# 0.2-0.3 logits, a margin of 1 took 2.6-5.2x the IWD: on 40 correctly classified val images each
 # (PGD-, free- and IWDD-trained; iwda-ot, all fooled either way) 0.065, 0.110 and 0.046 with 1, 0.018,
 # 0.021 and 0.018 with 0.1 (PGD-10 at 8/255: 0.030, fooling a quarter). On lite0 (12 nips17 photos)
 # 0.1 changed little: IWD 0.00120 -> 0.00118.
