@@ -520,6 +520,37 @@ def in_row_parts(work: Callable[[int, int], Any], rows: int, threads: int) -> li
         return list(pool.map(lambda part: work(int(bounds[part]), int(bounds[part + 1])), range(threads)))
 
 
+def block_order(points: np.ndarray) -> np.ndarray:
+    """An order of the points (rows) in which each run of SCAN_BLOCK holds near ones: the set is halved
+    at a multiple of SCAN_BLOCK along its principal axis, and each half again, down to one block.
+
+    As the order of a cost matrix's columns it makes the block floors tight: a row's costs to one
+    block's columns, and those columns' prices, lie close together, so a block's floor nears its values
+    and the scans skip more blocks unread. Raster order puts a sky's and a tree's patches in one
+    block. On the 128 px pairs of flat nips17 photos (602 shift, 820 JPEG) the auction took 6.7-7.8 s
+    instead of 11.3-15.4 s (rows in block order as well: no further gain; sorting by patch mean, one
+    fixed axis, did not tighten the floors)."""
+    points = np.asarray(points, dtype=np.float32)  # only an order: float32 halves the passes' time
+    order = np.arange(len(points))
+    parts = [(0, len(points))]
+    while parts:
+        start, stop = parts.pop()
+        if stop - start <= SCAN_BLOCK:
+            continue
+        members = order[start:stop]
+        centred = points[members] - points[members].mean(axis=0)
+        # The principal axis, nearly: 3 power iterations (an exact eigenvector took 10x longer, 0.6-0.9 s
+        # at 128 px, for no faster auction).
+        axis = np.abs(centred).sum(axis=0)
+        for _ in range(3):
+            axis = centred.T @ (centred @ axis)
+            axis /= max(float(np.linalg.norm(axis)), 1e-30)
+        order[start:stop] = members[np.argsort(centred @ axis, kind="stable")]
+        middle = start + -(-(stop - start) // 2 // SCAN_BLOCK) * SCAN_BLOCK
+        parts += [(start, middle), (middle, stop)]
+    return order
+
+
 _NO_FLOORS = np.empty((0, 0))  # the kernels' floors when there are none: every block is read
 
 

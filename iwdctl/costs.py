@@ -153,18 +153,22 @@ def _dense_costs(u, v_columns, start, stop, out):  # type: ignore[no-untyped-def
             out[i, j] = totals[j] / terms
 
 
-def _compact(matrix, rows, columns):  # type: ignore[no-untyped-def]
-    """matrix[rows][:, columns] (both increasing) written over the start of matrix's own buffer: every
-    entry moves to an earlier place than any entry still to be read, so none is overwritten unread."""
+def _compact(matrix, rows, columns, first, stop):  # type: ignore[no-untyped-def]
+    """matrix[rows][:, columns] (rows increasing, columns distinct, in any order) written over the start
+    of matrix's own buffer, for rows[first:stop]: each row is gathered into a buffer, then written to
+    its slot, which ends at or before the end of the row it was read from: no entry still to be read
+    is overwritten (by rows of other calls too where every row is kept, each over itself)."""
     flat = matrix.reshape(-1)
     width = len(columns)
     stride = matrix.shape[1]
-    for index in range(len(rows)):
+    gathered = np.empty(width, dtype=matrix.dtype)
+    for index in range(first, stop):
         source = rows[index] * stride
+        for k in range(width):
+            gathered[k] = flat[source + columns[k]]
         target = index * width
         for k in range(width):
-            flat[target + k] = flat[source + columns[k]]
-    return flat[: len(rows) * width].reshape(len(rows), width)
+            flat[target + k] = gathered[k]
 
 
 _kernel = numba.njit(nogil=True, cache=True)(_diagonal_window_means) if numba is not None else None
@@ -174,13 +178,21 @@ _dense_kernel = numba.njit(nogil=True, cache=True)(_dense_costs) if numba is not
 _compact_kernel = numba.njit(nogil=True, cache=True)(_compact) if numba is not None else None
 
 
-def submatrix_in_place(matrix: np.ndarray, keep_rows: np.ndarray, keep_columns: np.ndarray) -> np.ndarray:
-    """matrix[np.ix_(keep_rows, keep_columns)] (boolean masks), built over matrix's own buffer, which
-    the caller gives up. At 128 px (a 14,884-square float32 matrix) np.ix_ took 2.0-2.7 s and a second
-    matrix's memory; this takes 0.16 s. Pairs with identical patches need it (flat photos: sky)."""
+def submatrix_in_place(matrix: np.ndarray, rows: np.ndarray, columns: np.ndarray, threads: int = 1) -> np.ndarray:
+    """matrix[np.ix_(rows, columns)] (indices: rows increasing, columns distinct, in any order), built
+    over matrix's own buffer, which the caller gives up. At 128 px (a 14,884-square float32 matrix)
+    np.ix_ took 2.0-2.7 s and a second matrix's memory; this 0.16-0.5 s on one thread. Pairs with
+    identical patches need it (flat photos: sky), and every pair its columns in block order (iwdctl.iwd).
+    Threads share the rows only where every row is kept (each row then lies over itself)."""
     if _compact_kernel is None or not matrix.flags.c_contiguous or not matrix.flags.writeable:
-        return matrix[np.ix_(keep_rows, keep_columns)]
-    return _compact_kernel(matrix, np.flatnonzero(keep_rows), np.flatnonzero(keep_columns))
+        return matrix[np.ix_(rows, columns)]
+    rows, columns = rows.astype(np.int64), columns.astype(np.int64)
+    width = len(columns)
+    if len(rows) == len(matrix) and width == matrix.shape[1]:
+        in_row_parts(lambda start, stop: _compact_kernel(matrix, rows, columns, start, stop), len(rows), threads)
+        return matrix
+    _compact_kernel(matrix, rows, columns, 0, len(rows))
+    return matrix.reshape(-1)[: len(rows) * width].reshape(len(rows), width)
 
 
 def row_nearest(

@@ -36,6 +36,7 @@ import numpy as np
 
 from iwdctl.assignment import (
     auction,
+    block_order,
     min_cost_assignment,
     min_cost_assignment_within,
     shortest_paths_finish,
@@ -391,23 +392,27 @@ def _assignment(
     # Where identical patches leave few unmatched (an image and a copy with a band moved:
     # iwdctl.rearrange), their costs are computed entry by entry, not the whole matrix and a compaction.
     direct = keep_u.sum() <= DIRECT_COSTS_SHARE * len(u)
+    # The solver sees y's kept patches in block order (similar ones side by side: tighter block floors).
+    order = block_order(v[keep_v])
+    rows, columns = np.flatnonzero(keep_u), np.flatnonzero(keep_v)[order]
 
     def costs(dtype: type) -> np.ndarray:
         if direct:
-            return pair_cost_matrix(u[keep_u], v[keep_v], threads, dtype)
-        matrix = cost_matrix(x, y, patch, stride, threads, dtype=dtype)
-        return matrix if keep_u.all() else submatrix_in_place(matrix, keep_u, keep_v)
+            return pair_cost_matrix(u[rows], v[columns], threads, dtype)
+        return submatrix_in_place(cost_matrix(x, y, patch, stride, threads, dtype), rows, columns, threads)
 
-    if int(keep_u.sum()) > FLOAT32_ASSIGNMENT_SIZE:
+    if len(rows) > FLOAT32_ASSIGNMENT_SIZE:
         # Half the memory and memory traffic; the certificate and the final solve use exact costs.
-        kept_u, kept_v = u[keep_u], v[keep_v]
-        return min_cost_assignment_within(
-            costs(np.float32),
-            lambda rows, columns: pair_costs(kept_u, kept_v, rows, columns),
-            threads,
-            lambda: costs(np.float64),
-        )
-    return min_cost_assignment(costs(np.float64), threads)
+        kept_u, kept_v = u[rows], v[columns]
+        return order[
+            min_cost_assignment_within(
+                costs(np.float32),
+                lambda rows, columns: pair_costs(kept_u, kept_v, rows, columns),
+                threads,
+                lambda: costs(np.float64),
+            )
+        ]
+    return order[min_cost_assignment(costs(np.float64), threads)]
 
 
 def _device_assignment(x: Any, y: Any, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int) -> np.ndarray:

@@ -93,16 +93,32 @@ def test_submatrix_in_place_equals_fancy_indexing():
         for rows, columns in ((37, 41), (40, 40), (1, 5)):
             matrix = generator.random((rows, columns)).astype(dtype)
             for keep_share in (0.0, 0.3, 0.9, 1.0):
-                keep_rows = generator.random(rows) < keep_share
-                keep_columns = generator.random(columns) < keep_share
-                expected = matrix[np.ix_(keep_rows, keep_columns)]
-                got = submatrix_in_place(matrix.copy(), keep_rows, keep_columns)
-                assert got.dtype == dtype and np.array_equal(got, expected)
+                keep_rows = np.flatnonzero(generator.random(rows) < keep_share)
+                keep_columns = np.flatnonzero(generator.random(columns) < keep_share)
+                for kept_columns in (keep_columns, generator.permutation(keep_columns)):  # any column order
+                    expected = matrix[np.ix_(keep_rows, kept_columns)]
+                    for threads in (1, 2):
+                        got = submatrix_in_place(matrix.copy(), keep_rows, kept_columns, threads)
+                        assert got.dtype == dtype and np.array_equal(got, expected)
     transposed = generator.random((20, 30)).T  # not C-contiguous: fancy indexing, the same result
-    keep_rows, keep_columns = generator.random(30) < 0.5, generator.random(20) < 0.5
+    keep_rows, keep_columns = np.flatnonzero(generator.random(30) < 0.5), generator.permutation(20)[:9]
     assert np.array_equal(
         submatrix_in_place(transposed, keep_rows, keep_columns), transposed[np.ix_(keep_rows, keep_columns)]
     )
+
+
+def test_block_order_puts_near_patches_in_one_block():
+    """Two well-separated clusters, shuffled: every block of the order holds patches of one cluster."""
+    generator = np.random.default_rng(1)
+    points = np.concatenate(
+        [generator.random((assignment.SCAN_BLOCK * 3, 12)), 5 + generator.random((assignment.SCAN_BLOCK * 2, 12))]
+    )
+    labels = np.repeat([0, 1], [assignment.SCAN_BLOCK * 3, assignment.SCAN_BLOCK * 2])
+    shuffle = generator.permutation(len(points))
+    order = assignment.block_order(points[shuffle])
+    assert np.array_equal(np.sort(order), np.arange(len(points)))
+    blocks = labels[shuffle][order].reshape(-1, assignment.SCAN_BLOCK)
+    assert (blocks == blocks[:, :1]).all()
 
 
 @pytest.mark.parametrize("route", ["float64", "float32"])
