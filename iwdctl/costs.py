@@ -182,12 +182,15 @@ def submatrix_in_place(matrix: np.ndarray, rows: np.ndarray, columns: np.ndarray
     """matrix[np.ix_(rows, columns)] (indices: rows increasing, columns distinct, in any order), built
     over matrix's own buffer, which the caller gives up. At 128 px (a 14,884-square float32 matrix)
     np.ix_ took 2.0-2.7 s and a second matrix's memory; this 0.16-0.5 s on one thread. Pairs with
-    identical patches need it (flat photos: sky), and every pair its columns in block order (iwdctl.iwd).
+    identical patches need it (flat photos: sky), and large problems their columns in block order
+    (iwdctl.iwd).
     Threads share the rows only where every row is kept (each row then lies over itself)."""
+    width = len(columns)
+    if len(rows) == len(matrix) and np.array_equal(columns, np.arange(matrix.shape[1])):
+        return matrix  # every row and column in place
     if _compact_kernel is None or not matrix.flags.c_contiguous or not matrix.flags.writeable:
         return matrix[np.ix_(rows, columns)]
     rows, columns = rows.astype(np.int64), columns.astype(np.int64)
-    width = len(columns)
     if len(rows) == len(matrix) and width == matrix.shape[1]:
         in_row_parts(lambda start, stop: _compact_kernel(matrix, rows, columns, start, stop), len(rows), threads)
         return matrix

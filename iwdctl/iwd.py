@@ -70,6 +70,12 @@ FLOAT32_ASSIGNMENT_SIZE = 1024
 # entry (3 k^2 terms each) instead of the whole matrix's window sums (about 25 operations per entry)
 # and a compaction.
 DIRECT_COSTS_SHARE = 0.4
+# Past this many patches the solver takes the columns in block order. In process (2 threads, nips17
+# photos 600, 601, 602 and 820, each pair twice each way, alternately): at 128 px (14,884 patches)
+# 1.02-1.54x faster per kind (JPEG 1.54x, shift 1.32x, rotation 1.26x; all 1.24x); at 64 px (3364)
+# 0.90-1.06x (all 0.98x): there the order and the matrix's permutation (0.05 s; 0.4 s at 128 px) cost
+# what the auction gains. Whole process at 128 px: benchmarks/results/big_iwd_block_order*.md.
+BLOCK_ORDER_PATCHES = 8000
 # Up to this many patches per image IWD is exact by default (a 128 x 128 image at stride 1 has 14884,
 # a 2.1 GB float64 cost matrix at the limit); past it `iwd` returns the entropic estimate and says so.
 EXACT_LIMIT = 16384
@@ -392,8 +398,10 @@ def _assignment(
     # Where identical patches leave few unmatched (an image and a copy with a band moved:
     # iwdctl.rearrange), their costs are computed entry by entry, not the whole matrix and a compaction.
     direct = keep_u.sum() <= DIRECT_COSTS_SHARE * len(u)
-    # The solver sees y's kept patches in block order (similar ones side by side: tighter block floors).
-    order = block_order(v[keep_v])
+    # Large problems' solver sees y's kept patches in block order (similar ones side by side: tighter
+    # block floors; assignment.block_order).
+    kept = int(keep_v.sum())
+    order = block_order(v[keep_v]) if kept > BLOCK_ORDER_PATCHES else np.arange(kept)
     rows, columns = np.flatnonzero(keep_u), np.flatnonzero(keep_v)[order]
 
     def costs(dtype: type) -> np.ndarray:

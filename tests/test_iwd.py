@@ -121,15 +121,17 @@ def test_block_order_puts_near_patches_in_one_block():
     assert (blocks == blocks[:, :1]).all()
 
 
-@pytest.mark.parametrize("route", ["float64", "float32"])
+@pytest.mark.parametrize("route", ["float64", "float32", "float32 in block order"])
 def test_pairs_with_identical_patches_match_pot(monkeypatch, route):
     """Flat regions give identical patches on both sides, matched to each other first; the rest of the
-    matrix is solved on both routes (the float32 one forced at 36 px)."""
+    matrix is solved on both routes (the float32 one forced at 36 px), its columns in block order too."""
     import importlib
 
     engine = importlib.import_module("iwdctl.iwd")
-    if route == "float32":
+    if route.startswith("float32"):
         monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", 0)
+    if route.endswith("block order"):
+        monkeypatch.setattr(engine, "BLOCK_ORDER_PATCHES", 0)
     monkeypatch.setattr(engine, "_sparse_optimum", lambda *args: None)
     photo = load_image(shared_data("nips17", "images", "c83cfca4bc9dd3c7.png")).double()
     photo[:, :100, :] = torch.tensor([0.4, 0.6, 0.9], dtype=torch.float64)[:, None, None]  # a flat "sky"
@@ -289,18 +291,25 @@ def test_the_device_route_matches_pot(monkeypatch):
         assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
 
 
+@pytest.mark.parametrize("ordered", [False, True], ids=["raster order", "block order"])
 @pytest.mark.parametrize("name", ["0c7ac4a8c9dfa802", "c83cfca4bc9dd3c7"])
-def test_the_float32_matrix_route_matches_pot(monkeypatch, name):
-    """Large problems store the matrix in float32 and certify with exact costs; forced here at 40 px,
-    with the fast path off so that every kind goes through the auction."""
+def test_the_float32_matrix_route_matches_pot(monkeypatch, name, ordered):
+    """Large problems store the matrix in float32 and certify with exact costs, their columns in block
+    order; forced here at 40 px, with the fast path off so that every kind goes through the auction.
+    The matching is read back through the order: its own cost is POT's optimum."""
     import importlib
 
     engine = importlib.import_module("iwdctl.iwd")
     monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", 0)
+    monkeypatch.setattr(engine, "BLOCK_ORDER_PATCHES", 0 if ordered else 10**9)
     monkeypatch.setattr(engine, "_sparse_optimum", lambda *args: None)
     photo = load_image(shared_data("nips17", "images", f"{name}.png"))
     for kind, (x, y) in perturbed_pairs(photo, 40, seed=11).items():
-        assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
+        expected = pot_iwd(x, y)
+        assert exact_iwd(x, y) == pytest.approx(expected, rel=1e-9), kind
+        matching = torch.from_numpy(optimal_matching(x, y))
+        value = float((patches(x, 7, 1) - patches(y, 7, 1)[matching]).abs().mean(dim=1).mean())
+        assert value == pytest.approx(expected, rel=1e-9), kind
 
 
 def test_the_float32_route_without_the_repair_matches_pot(monkeypatch):
