@@ -185,12 +185,12 @@ def submatrix_in_place(matrix: np.ndarray, rows: np.ndarray, columns: np.ndarray
     identical patches need it (flat photos: sky), and large problems their columns in block order
     (iwdctl.iwd).
     Threads share the rows only where every row is kept (each row then lies over itself)."""
-    width = len(columns)
     if len(rows) == len(matrix) and np.array_equal(columns, np.arange(matrix.shape[1])):
         return matrix  # every row and column in place
     if _compact_kernel is None or not matrix.flags.c_contiguous or not matrix.flags.writeable:
         return matrix[np.ix_(rows, columns)]
     rows, columns = rows.astype(np.int64), columns.astype(np.int64)
+    width = len(columns)
     if len(rows) == len(matrix) and width == matrix.shape[1]:
         in_row_parts(lambda start, stop: _compact_kernel(matrix, rows, columns, start, stop), len(rows), threads)
         return matrix

@@ -395,14 +395,14 @@ def _assignment(
         if columns is not None:
             return columns
 
+    rows = np.flatnonzero(keep_u)  # as many as y's kept patches
     # Where identical patches leave few unmatched (an image and a copy with a band moved:
     # iwdctl.rearrange), their costs are computed entry by entry, not the whole matrix and a compaction.
-    direct = keep_u.sum() <= DIRECT_COSTS_SHARE * len(u)
+    direct = len(rows) <= DIRECT_COSTS_SHARE * len(u)
     # Large problems' solver sees y's kept patches in block order (similar ones side by side: tighter
     # block floors; assignment.block_order).
-    kept = int(keep_v.sum())
-    order = block_order(v[keep_v]) if kept > BLOCK_ORDER_PATCHES else np.arange(kept)
-    rows, columns = np.flatnonzero(keep_u), np.flatnonzero(keep_v)[order]
+    order = block_order(v[keep_v]) if len(rows) > BLOCK_ORDER_PATCHES else np.arange(len(rows))
+    columns = np.flatnonzero(keep_v)[order]
 
     def costs(dtype: type) -> np.ndarray:
         if direct:
