@@ -1,15 +1,15 @@
-"""Exact IWD at analysis size 128 (14,884 patches): the float32-matrix route against the float64 one,
-per kind of pair, and the whole `iwdctl measure` process on each pair alone.
+"""Exact IWD at analysis size 128 (14,884 patches; `--size` another): the quantized-matrix route (uint16)
+against the float64 one, per kind of pair, and the whole `iwdctl measure` process on each pair alone.
 
 The float64 route was checked against POT at 128 px (benchmarks/results/measure_speed.md: POT takes
-6 minutes per pair there); the float32 route must give the same values. The pairs are
+6 minutes per pair there); the quantized route must give the same values. The pairs are
 measure_speed.py's (nips17 photos from index `--first` on). In-process times exclude start-up; the
 whole process (one per pair, so the goal's "per pair" holds for each) includes it (about 1 s).
 With `--base COMMIT` the whole process also runs from that commit's tree (compare_commits.export),
 alternating with this one pair by pair (the machine is shared and noisy): the ratio of a change.
 
     python benchmarks/big_iwd.py [--pairs 1] [--first 600] [--kinds noise,...] [--results big_iwd.md]
-        [--base COMMIT]
+        [--base COMMIT] [--size 128]
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--results", default="big_iwd.md", help="results file name")
     parser.add_argument("--base", help="also time the whole process at this commit, alternating with this tree")
+    parser.add_argument("--size", type=int, default=128, help="analysis size")
     arguments = parser.parse_args()
     threads = cpu_threads()
     rows = []
@@ -56,23 +57,25 @@ def main() -> None:
             base_hash = export(arguments.base, trees["base"])
         for kind in arguments.kinds.split(","):
             names = sorted((folder / kind / "orig").glob("*.png"))
-            seconds = {"float64": 0.0, "float32": 0.0}
+            seconds = {"float64": 0.0, "quantized": 0.0}
             worst = 0.0
             for name in names:
                 pair = torch.stack([load_image(name), load_image(folder / kind / "adv" / name.name)]).double()
-                x, y = engine.analysis_view(pair, 128)
+                x, y = engine.analysis_view(pair, arguments.size)
                 values = {}
-                for route, size in (("float64", 10**9), ("float32", engine.FLOAT32_ASSIGNMENT_SIZE)):
-                    original, engine.FLOAT32_ASSIGNMENT_SIZE = engine.FLOAT32_ASSIGNMENT_SIZE, size
+                for route, size in (("float64", 10**9), ("quantized", engine.QUANTIZED_ASSIGNMENT_SIZE)):
+                    original, engine.QUANTIZED_ASSIGNMENT_SIZE = engine.QUANTIZED_ASSIGNMENT_SIZE, size
                     start = time.perf_counter()
                     values[route] = engine.exact_iwd(x, y, threads=threads)
                     seconds[route] += time.perf_counter() - start
-                    engine.FLOAT32_ASSIGNMENT_SIZE = original
-                worst = max(worst, abs(values["float32"] - values["float64"]) / values["float64"])
+                    engine.QUANTIZED_ASSIGNMENT_SIZE = original
+                worst = max(worst, abs(values["quantized"] - values["float64"]) / values["float64"])
             if arguments.base:
                 # Untimed: each tree compiles (and caches) the kernels this kind of pair needs.
                 for tree in trees.values():
-                    whole_process(tree, names[0], folder / kind / "adv" / names[0].name, folder / "warm.json")
+                    whole_process(
+                        tree, names[0], folder / kind / "adv" / names[0].name, folder / "warm.json", arguments.size
+                    )
             wholes: dict[str, list[float]] = {name: [] for name in trees}
             values: dict[str, list[float]] = {name: [] for name in trees}
             for index, name in enumerate(names):
@@ -80,7 +83,7 @@ def main() -> None:
                 for tree_name in sorted(trees, reverse=index % 2 == 1):
                     report_path = folder / f"{kind}-{tree_name}.json"
                     seconds_taken, value = whole_process(
-                        trees[tree_name], name, folder / kind / "adv" / name.name, report_path
+                        trees[tree_name], name, folder / kind / "adv" / name.name, report_path, arguments.size
                     )
                     wholes[tree_name].append(seconds_taken)
                     values[tree_name].append(value)
@@ -89,8 +92,8 @@ def main() -> None:
             # make_pairs names pair k of a kind k.png, made from nips17 photo first + k.
             slowest = arguments.first + int(names[head.index(max(head))].stem)
             row = (
-                f"| {kind} | {seconds['float64'] / count:.2f} | {seconds['float32'] / count:.2f} | "
-                f"{seconds['float64'] / seconds['float32']:.2f}x | {sum(head) / count:.2f} | {max(head):.2f} (photo {slowest}) | "
+                f"| {kind} | {seconds['float64'] / count:.2f} | {seconds['quantized'] / count:.2f} | "
+                f"{seconds['float64'] / seconds['quantized']:.2f}x | {sum(head) / count:.2f} | {max(head):.2f} (photo {slowest}) | "
                 f"{worst:.1e} |"
             )
             if arguments.base:
@@ -98,12 +101,12 @@ def main() -> None:
                 differences = [abs(a - b) / b for a, b in zip(values["head"], values["base"])]
                 row += f" {sum(base) / count:.2f} | {sum(base) / sum(head):.2f}x | {max(differences):.1e} |"
             rows.append(row)
-    text = header("Exact IWD at 128 px: float32-matrix route against float64")
+    text = header(f"Exact IWD at {arguments.size} px: quantized-matrix route against float64")
     text += (
         f"\n{arguments.pairs} pair(s) per kind (nips17 photos {arguments.first} on), {threads} threads. In-process "
-        "seconds per pair for each route (exact_iwd), then the whole `iwdctl measure --size 128` process on each "
+        f"seconds per pair for each route (exact_iwd), then the whole `iwdctl measure --size {arguments.size}` process on each "
         "pair alone (start-up included): mean and slowest pair.\n\n"
-        "| kind | float64 route s | float32 route s | speed-up | whole process s / pair | slowest pair s | "
+        "| kind | float64 route s | quantized route s | speed-up | whole process s / pair | slowest pair s | "
         "relative difference |"
     )
     if arguments.base:
@@ -120,9 +123,9 @@ def main() -> None:
     print(text)
 
 
-def whole_process(tree: Path, original: Path, adversarial: Path, report: Path) -> tuple[float, float]:
-    """Seconds of one `iwdctl measure --size 128` process run from `tree`, and the IWD it reports."""
-    command = [sys.executable, "-m", "iwdctl", "measure", str(original), str(adversarial), "--size", "128"]
+def whole_process(tree: Path, original: Path, adversarial: Path, report: Path, size: int) -> tuple[float, float]:
+    """Seconds of one `iwdctl measure --size SIZE` process run from `tree`, and the IWD it reports."""
+    command = [sys.executable, "-m", "iwdctl", "measure", str(original), str(adversarial), "--size", str(size)]
     start = time.perf_counter()
     subprocess.run(
         [*command, "--json", str(report), "-q"],
