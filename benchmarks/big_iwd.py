@@ -1,15 +1,15 @@
-"""Exact IWD at analysis size 128 (14,884 patches; `--size` another): the quantized-matrix route (uint16)
-against the float64 one, per kind of pair, and the whole `iwdctl measure` process on each pair alone.
+"""Exact IWD at analysis size 128 (14,884 patches; `--size` another): the float32-matrix route against the
+float64 one, per kind of pair, and the whole `iwdctl measure` process on each pair alone.
 
 The float64 route was checked against POT at 128 px (benchmarks/results/measure_speed.md: POT takes
-6 minutes per pair there); the quantized route must give the same values. The pairs are
+6 minutes per pair there); the float32 route must give the same values. The pairs are
 measure_speed.py's (nips17 photos from index `--first` on). In-process times exclude start-up; the
 whole process (one per pair, so the goal's "per pair" holds for each) includes it (about 1 s).
 With `--base COMMIT` the whole process also runs from that commit's tree (compare_commits.export),
 alternating with this one pair by pair (the machine is shared and noisy): the ratio of a change.
 
     python benchmarks/big_iwd.py [--pairs 1] [--first 600] [--kinds noise,...] [--results big_iwd.md]
-        [--base COMMIT] [--size 128]
+        [--base COMMIT] [--size 128] [--darkest]
 """
 
 from __future__ import annotations
@@ -45,31 +45,32 @@ def main() -> None:
     parser.add_argument("--results", default="big_iwd.md", help="results file name")
     parser.add_argument("--base", help="also time the whole process at this commit, alternating with this tree")
     parser.add_argument("--size", type=int, default=128, help="analysis size")
+    parser.add_argument("--darkest", action="store_true", help="the darkest photos from --first on")
     arguments = parser.parse_args()
     threads = cpu_threads()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        make_pairs(folder, arguments.pairs, arguments.first)
+        make_pairs(folder, arguments.pairs, arguments.first, arguments.darkest)
         trees = {"head": ROOT}
         if arguments.base:
             trees["base"] = folder / "base"
             base_hash = export(arguments.base, trees["base"])
         for kind in arguments.kinds.split(","):
             names = sorted((folder / kind / "orig").glob("*.png"))
-            seconds = {"float64": 0.0, "quantized": 0.0}
+            seconds = {"float64": 0.0, "float32": 0.0}
             worst = 0.0
             for name in names:
                 pair = torch.stack([load_image(name), load_image(folder / kind / "adv" / name.name)]).double()
                 x, y = engine.analysis_view(pair, arguments.size)
                 values = {}
-                for route, size in (("float64", 10**9), ("quantized", engine.QUANTIZED_ASSIGNMENT_SIZE)):
-                    original, engine.QUANTIZED_ASSIGNMENT_SIZE = engine.QUANTIZED_ASSIGNMENT_SIZE, size
+                for route, size in (("float64", 10**9), ("float32", engine.FLOAT32_ASSIGNMENT_SIZE)):
+                    original, engine.FLOAT32_ASSIGNMENT_SIZE = engine.FLOAT32_ASSIGNMENT_SIZE, size
                     start = time.perf_counter()
                     values[route] = engine.exact_iwd(x, y, threads=threads)
                     seconds[route] += time.perf_counter() - start
-                    engine.QUANTIZED_ASSIGNMENT_SIZE = original
-                worst = max(worst, abs(values["quantized"] - values["float64"]) / values["float64"])
+                    engine.FLOAT32_ASSIGNMENT_SIZE = original
+                worst = max(worst, abs(values["float32"] - values["float64"]) / values["float64"])
             if arguments.base:
                 # Untimed: each tree compiles (and caches) the kernels this kind of pair needs.
                 for tree in trees.values():
@@ -89,11 +90,13 @@ def main() -> None:
                     values[tree_name].append(value)
             count = len(names)
             head = wholes["head"]
-            # make_pairs names pair k of a kind k.png, made from nips17 photo first + k.
-            slowest = arguments.first + int(names[head.index(max(head))].stem)
+            # make_pairs names pair k of a kind k.png, made from nips17 photo first + k (with --darkest,
+            # the k-th darkest from there).
+            stem = int(names[head.index(max(head))].stem)
+            slowest = f"darkest {stem + 1}" if arguments.darkest else f"photo {arguments.first + stem}"
             row = (
-                f"| {kind} | {seconds['float64'] / count:.2f} | {seconds['quantized'] / count:.2f} | "
-                f"{seconds['float64'] / seconds['quantized']:.2f}x | {sum(head) / count:.2f} | {max(head):.2f} (photo {slowest}) | "
+                f"| {kind} | {seconds['float64'] / count:.2f} | {seconds['float32'] / count:.2f} | "
+                f"{seconds['float64'] / seconds['float32']:.2f}x | {sum(head) / count:.2f} | {max(head):.2f} ({slowest}) | "
                 f"{worst:.1e} |"
             )
             if arguments.base:
@@ -101,12 +104,12 @@ def main() -> None:
                 differences = [abs(a - b) / b for a, b in zip(values["head"], values["base"])]
                 row += f" {sum(base) / count:.2f} | {sum(base) / sum(head):.2f}x | {max(differences):.1e} |"
             rows.append(row)
-    text = header(f"Exact IWD at {arguments.size} px: quantized-matrix route against float64")
+    text = header(f"Exact IWD at {arguments.size} px: float32-matrix route against float64")
     text += (
         f"\n{arguments.pairs} pair(s) per kind (nips17 photos {arguments.first} on), {threads} threads. In-process "
         f"seconds per pair for each route (exact_iwd), then the whole `iwdctl measure --size {arguments.size}` process on each "
         "pair alone (start-up included): mean and slowest pair.\n\n"
-        "| kind | float64 route s | quantized route s | speed-up | whole process s / pair | slowest pair s | "
+        "| kind | float64 route s | float32 route s | speed-up | whole process s / pair | slowest pair s | "
         "relative difference |"
     )
     if arguments.base:

@@ -28,18 +28,7 @@ def as_array(image: Any, dtype: type) -> np.ndarray:
     return np.ascontiguousarray(image, dtype=dtype)
 
 
-# Quantized storage (uint16): entry = round(cost x scale), saturating at LARGEST_QUANTUM. The solver reads
-# every entry as cost x scale to within half a unit; a saturated one, were the scale too large, would
-# still bound its cost from below, which is all its certificate asks of entries (iwdctl.assignment).
-LARGEST_QUANTUM = 65535.0
-
-
-def _stored(mean, scale):  # type: ignore[no-untyped-def]
-    """A mean as stored: itself (float matrices: scale 0), or round(mean x scale), saturating."""
-    return mean if scale == 0.0 else min(np.floor(mean * scale + 0.5), LARGEST_QUANTUM)
-
-
-def _diagonal_window_means(x, y, k, deltas, scale, out):  # type: ignore[no-untyped-def]
+def _diagonal_window_means(x, y, k, deltas, out):  # type: ignore[no-untyped-def]
     """out[r1 * Q + q1, r2 * Q + q2] = mean of |x - y| over channels and the k x k windows at (r1, q1)
     in x and (r2, q2) in y, for the patch-row diagonals r2 - r1 in `deltas`. Sums in float64, one
     division, one rounding to out's dtype (not a second rounding and a pass of its own: 0.04 s at 128 px)."""
@@ -77,7 +66,7 @@ def _diagonal_window_means(x, y, k, deltas, scale, out):  # type: ignore[no-unty
                     total = ring[0, q1, q2]
                     for a in range(1, k):
                         total += ring[a, q1, q2]
-                    row[r2 * cols + q2] = _stored(total / terms, scale)
+                    row[r2 * cols + q2] = total / terms
 
 
 def _diagonal_row_nearest(x, y, k, deltas, offsets, values, columns):  # type: ignore[no-untyped-def]
@@ -147,7 +136,7 @@ def _listed_costs(u, v, rows, columns, out):  # type: ignore[no-untyped-def]
         out[k] = total / terms
 
 
-def _dense_costs(u, v_columns, start, stop, scale, out):  # type: ignore[no-untyped-def]
+def _dense_costs(u, v_columns, start, stop, out):  # type: ignore[no-untyped-def]
     """out[i, j] = mean |u_i - v_j| for the rows i in [start, stop); v_columns = v.T (terms, m). Each
     entry is summed term by term in order, and the entries of a row side by side (a loop the
     compiler vectorises, where one entry's sum is a chain of dependent additions)."""
@@ -161,7 +150,7 @@ def _dense_costs(u, v_columns, start, stop, scale, out):  # type: ignore[no-unty
             for j in range(count):
                 totals[j] += abs(value - column[j])
         for j in range(count):
-            out[i, j] = _stored(totals[j] / terms, scale)
+            out[i, j] = totals[j] / terms
 
 
 def _compact(matrix, rows, columns, first, stop):  # type: ignore[no-untyped-def]
@@ -182,8 +171,6 @@ def _compact(matrix, rows, columns, first, stop):  # type: ignore[no-untyped-def
             flat[target + k] = gathered[k]
 
 
-if numba is not None:
-    _stored = numba.njit(inline="always", cache=True)(_stored)
 _kernel = numba.njit(nogil=True, cache=True)(_diagonal_window_means) if numba is not None else None
 _listed_kernel = numba.njit(nogil=True, cache=True)(_listed_costs) if numba is not None else None
 _nearest_kernel = numba.njit(nogil=True, cache=True)(_diagonal_row_nearest) if numba is not None else None
@@ -248,25 +235,17 @@ def row_nearest(
     return np.take_along_axis(values, order, axis=1), np.take_along_axis(columns, order, axis=1)
 
 
-def _as_stored(means: np.ndarray, scale: float) -> np.ndarray:
-    """Float64 means as a matrix with `scale` stores them (NumPy's _stored)."""
-    return means if scale == 0.0 else np.minimum(np.floor(means * scale + 0.5), LARGEST_QUANTUM)
-
-
-def pair_cost_matrix(
-    u: np.ndarray, v: np.ndarray, threads: int = 1, dtype: type = np.float64, scale: float = 0.0
-) -> np.ndarray:
+def pair_cost_matrix(u: np.ndarray, v: np.ndarray, threads: int = 1, dtype: type = np.float64) -> np.ndarray:
     """The dense matrix C[i, j] = mean |u_i - v_j| of two sets of patches, entry by entry (sums in
-    float64), split over threads by rows; with `scale` (uint16 storage) round(C x scale), saturating."""
+    float64), split over threads by rows."""
     u, v_columns = np.ascontiguousarray(u, dtype=np.float64), np.ascontiguousarray(v.T, dtype=np.float64)
     out = np.empty((len(u), len(v)), dtype=dtype)
     if _dense_kernel is None:
         rows = max(1, 2**22 // max(1, v_columns.size))  # bounds the broadcast difference's memory
         for start in range(0, len(u), rows):
-            means = np.abs(u[start : start + rows, None, :] - v_columns.T[None]).mean(axis=2)
-            out[start : start + rows] = _as_stored(means, scale)
+            out[start : start + rows] = np.abs(u[start : start + rows, None, :] - v_columns.T[None]).mean(axis=2)
         return out
-    in_row_parts(lambda start, stop: _dense_kernel(u, v_columns, start, stop, scale, out), len(u), threads)
+    in_row_parts(lambda start, stop: _dense_kernel(u, v_columns, start, stop, out), len(u), threads)
     return out
 
 
@@ -304,28 +283,25 @@ def cost_matrix(
     stride: int = 1,
     threads: int = 1,
     dtype: type = np.float64,
-    scale: float = 0.0,
 ) -> np.ndarray:
     """C[i, j] = mean |u_i - v_j| for two images (3, H, W), as a NumPy array. The sums and the division
-    are in float64 whatever `dtype`; float32 storage only rounds each mean once, and with `scale`
-    (uint16 storage) each entry is round(C x scale), saturating at LARGEST_QUANTUM."""
+    are in float64 whatever `dtype`; float32 storage only rounds each mean once."""
     if _kernel is None or stride != 1 or (hasattr(x, "detach") and x.device.type != "cpu"):
         import torch
 
         pair = torch.as_tensor(x).double(), torch.as_tensor(y).double()
-        means = cost_matrix_torch(*pair, patch, stride).cpu().numpy()
-        return _as_stored(means, scale).astype(dtype, copy=False)
+        return cost_matrix_torch(*pair, patch, stride).cpu().numpy().astype(dtype, copy=False)
     xs, ys = as_array(x, np.float64), as_array(y, np.float64)
     rows = xs.shape[1] - patch + 1
     count = rows * (xs.shape[2] - patch + 1)
     out = np.empty((count, count), dtype=dtype)
     deltas = np.arange(-(rows - 1), rows, dtype=np.int64)
     if threads <= 1:
-        _kernel(xs, ys, patch, deltas, scale, out)
+        _kernel(xs, ys, patch, deltas, out)
     else:
         # Interleaved diagonals balance their different lengths; each thread writes its own entries.
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda part: _kernel(xs, ys, patch, deltas[part::threads], scale, out), range(threads)))
+            list(pool.map(lambda part: _kernel(xs, ys, patch, deltas[part::threads], out), range(threads)))
     return out
 
 

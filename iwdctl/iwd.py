@@ -43,7 +43,6 @@ from iwdctl.assignment import (
     sorted_unique,
 )
 from iwdctl.costs import (
-    LARGEST_QUANTUM,
     as_array,
     cost_matrix,
     cost_matrix_torch,
@@ -62,12 +61,11 @@ if TYPE_CHECKING:
 # its start-up; it loads POT, the fallback solver, without POT's torch backend). torch (imported
 # where used) serves tensors on a device and the entropic estimate.
 
-# Above this many patches (more than 38 x 38 pixels at 7 x 7) the dense matrix is stored quantized
-# (uint16) and the optimum certified with exact costs (min_cost_assignment_within). Float32 storage
-# (half of float64's memory traffic) made the 64 px default (3364 patches) 1.38x faster on shifted
-# pairs, the slowest kind (12 nips17 pairs, whole process); uint16 halves it again. Below it both
-# routes take milliseconds.
-QUANTIZED_ASSIGNMENT_SIZE = 1024
+# Above this many patches (more than 38 x 38 pixels at 7 x 7) the dense matrix is stored in float32
+# and the optimum certified with exact costs (min_cost_assignment_within): half the memory traffic made
+# the 64 px default (3364 patches) 1.38x faster on shifted pairs, the slowest kind (12 nips17 pairs,
+# whole process). Below it both routes take milliseconds.
+FLOAT32_ASSIGNMENT_SIZE = 1024
 # Where identical patches leave at most this share of x's unmatched, their cost matrix is computed entry by
 # entry (3 k^2 terms each) instead of the whole matrix's window sums (about 25 operations per entry)
 # and a compaction.
@@ -406,35 +404,23 @@ def _assignment(
     order = block_order(v[keep_v]) if len(rows) > BLOCK_ORDER_PATCHES else np.arange(len(rows))
     columns = np.flatnonzero(keep_v)[order]
 
-    def costs(dtype: type, scale: float = 0.0) -> np.ndarray:
+    def costs(dtype: type) -> np.ndarray:
         if direct:
-            return pair_cost_matrix(u[rows], v[columns], threads, dtype, scale)
-        return submatrix_in_place(cost_matrix(x, y, patch, stride, threads, dtype, scale), rows, columns, threads)
+            return pair_cost_matrix(u[rows], v[columns], threads, dtype)
+        return submatrix_in_place(cost_matrix(x, y, patch, stride, threads, dtype), rows, columns, threads)
 
-    if len(rows) > QUANTIZED_ASSIGNMENT_SIZE:
-        # A quarter of float64's memory and memory traffic; the certificate and the final solve use
-        # exact costs.
+    if len(rows) > FLOAT32_ASSIGNMENT_SIZE:
+        # Half the memory and memory traffic; the certificate and the final solve use exact costs.
         kept_u, kept_v = u[rows], v[columns]
-        scale = _quantization_scale(kept_u, kept_v)
         return order[
             min_cost_assignment_within(
-                costs(np.uint16, scale),
-                scale,
+                costs(np.float32),
                 lambda edge_rows, edge_columns: pair_costs(kept_u, kept_v, edge_rows, edge_columns),
                 threads,
                 lambda: costs(np.float64),
             )
         ]
     return order[min_cost_assignment(costs(np.float64), threads)]
-
-
-def _quantization_scale(u: np.ndarray, v: np.ndarray) -> float:
-    """The scale of a quantized cost matrix: an upper bound of every cost maps to the largest quantum
-    (none saturates). With m the patches' median, mean |u_i - v_j| <= mean |u_i - m| + mean |v_j - m|;
-    on nips17 pairs the bound is 1.2-2.1x the largest of 4096 sampled costs."""
-    middle = np.median(np.concatenate((u, v)), axis=0)
-    bound = np.abs(u - middle).mean(axis=1).max() + np.abs(v - middle).mean(axis=1).max()
-    return LARGEST_QUANTUM / max(float(bound), 1e-12)
 
 
 def _device_assignment(x: Any, y: Any, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int) -> np.ndarray:

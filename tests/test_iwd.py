@@ -121,15 +121,15 @@ def test_block_order_puts_near_patches_in_one_block():
     assert (blocks == blocks[:, :1]).all()
 
 
-@pytest.mark.parametrize("route", ["float64", "quantized", "quantized in block order"])
+@pytest.mark.parametrize("route", ["float64", "float32", "float32 in block order"])
 def test_pairs_with_identical_patches_match_pot(monkeypatch, route):
     """Flat regions give identical patches on both sides, matched to each other first; the rest of the
-    matrix is solved on both routes (the quantized one forced at 36 px), its columns in block order too."""
+    matrix is solved on both routes (the float32 one forced at 36 px), its columns in block order too."""
     import importlib
 
     engine = importlib.import_module("iwdctl.iwd")
-    if route.startswith("quantized"):
-        monkeypatch.setattr(engine, "QUANTIZED_ASSIGNMENT_SIZE", 0)
+    if route.startswith("float32"):
+        monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", 0)
     if route.endswith("block order"):
         monkeypatch.setattr(engine, "BLOCK_ORDER_PATCHES", 0)
     monkeypatch.setattr(engine, "_sparse_optimum", lambda *args: None)
@@ -143,7 +143,7 @@ def test_pairs_with_identical_patches_match_pot(monkeypatch, route):
             assert (patches(x, 7, 1)[:, None] == patches(y, 7, 1)[None]).all(dim=2).any()
 
 
-@pytest.mark.parametrize("route", ["float64", "quantized"])
+@pytest.mark.parametrize("route", ["float64", "float32"])
 def test_an_image_against_a_copy_with_a_band_moved_matches_pot(monkeypatch, route):
     """A band moved by whole pixels (iwdctl.rearrange's moves) leaves most patches identical: the few
     left get their costs entry by entry (DIRECT_COSTS_SHARE), and the lower bound is the exact value."""
@@ -152,8 +152,8 @@ def test_an_image_against_a_copy_with_a_band_moved_matches_pot(monkeypatch, rout
     from iwdctl.rearrange import band_displacement, displace
 
     engine = importlib.import_module("iwdctl.iwd")
-    if route == "quantized":
-        monkeypatch.setattr(engine, "QUANTIZED_ASSIGNMENT_SIZE", 0)
+    if route == "float32":
+        monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", 0)
     photo = load_image(shared_data("nips17", "images", "0c7ac4a8c9dfa802.png"))[None].double()
     generator = torch.Generator().manual_seed(3)
     for number in range(3):
@@ -199,35 +199,6 @@ def test_pair_cost_matrix_equals_the_definition_and_the_listed_costs():
         assert np.array_equal(dense, listed)  # both sum each entry in order
         np.testing.assert_allclose(dense, np.abs(u[:, None] - v[None]).mean(axis=2), rtol=1e-14)
     assert pair_cost_matrix(u, v, 2, np.float32).dtype == np.float32
-
-
-@pytest.mark.parametrize("numba_kernels", [True, False])
-def test_quantized_storage_is_the_rounded_scaled_cost(monkeypatch, numba_kernels):
-    """uint16 storage holds round(C x scale), within half a unit of C x scale, saturating at
-    LARGEST_QUANTUM: from the window sums, the entry by entry kernel and the fallbacks without numba."""
-    from iwdctl import costs
-
-    if not numba_kernels:
-        monkeypatch.setattr(costs, "_kernel", None)
-        monkeypatch.setattr(costs, "_dense_kernel", None)
-    generator = np.random.default_rng(4)
-    x, y = generator.random((3, 14, 15)), generator.random((3, 14, 15))
-    exact = costs.cost_matrix(x, y, 5)
-    u, v = patch_array(x, 5, 1), patch_array(y, 5, 1)
-    for saturating, scale in (
-        (False, 0.9 * costs.LARGEST_QUANTUM / exact.max()),
-        (True, 1.2 * costs.LARGEST_QUANTUM / exact.max()),
-    ):
-        for stored in (
-            costs.cost_matrix(x, y, 5, 1, 2, np.uint16, scale),
-            costs.pair_cost_matrix(u, v, 2, np.uint16, scale),
-        ):
-            assert stored.dtype == np.uint16 and stored.shape == exact.shape
-            scaled = exact * scale
-            within = scaled < costs.LARGEST_QUANTUM
-            assert np.abs(stored[within] - scaled[within]).max() <= 0.5 + 1e-9
-            assert (stored[~within] == costs.LARGEST_QUANTUM).all() and within.any()
-            assert (~within).any() == saturating
 
 
 def test_pair_cost_matrix_without_numba(monkeypatch):
@@ -322,14 +293,14 @@ def test_the_device_route_matches_pot(monkeypatch):
 
 @pytest.mark.parametrize("ordered", [False, True], ids=["raster order", "block order"])
 @pytest.mark.parametrize("name", ["0c7ac4a8c9dfa802", "c83cfca4bc9dd3c7"])
-def test_the_quantized_matrix_route_matches_pot(monkeypatch, name, ordered):
-    """Large problems store the matrix quantized (uint16) and certify with exact costs, their columns in block
+def test_the_float32_matrix_route_matches_pot(monkeypatch, name, ordered):
+    """Large problems store the matrix in float32 and certify with exact costs, their columns in block
     order; forced here at 40 px, with the fast path off so that every kind goes through the auction.
     The matching is read back through the order: its own cost is POT's optimum."""
     import importlib
 
     engine = importlib.import_module("iwdctl.iwd")
-    monkeypatch.setattr(engine, "QUANTIZED_ASSIGNMENT_SIZE", 0)
+    monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", 0)
     monkeypatch.setattr(engine, "BLOCK_ORDER_PATCHES", 0 if ordered else 10**9)
     monkeypatch.setattr(engine, "_sparse_optimum", lambda *args: None)
     photo = load_image(shared_data("nips17", "images", f"{name}.png"))
@@ -341,13 +312,13 @@ def test_the_quantized_matrix_route_matches_pot(monkeypatch, name, ordered):
         assert value == pytest.approx(expected, rel=1e-9), kind
 
 
-def test_the_quantized_route_without_the_repair_matches_pot(monkeypatch):
-    """Where the repaired duals cannot prove the auction's assignment (forced here), the quantized route
+def test_the_float32_route_without_the_repair_matches_pot(monkeypatch):
+    """Where the repaired duals cannot prove the auction's assignment (forced here), the float32 route
     solves its tight graph by successive shortest paths and prices the whole matrix: still POT's."""
     import importlib
 
     engine = importlib.import_module("iwdctl.iwd")
-    monkeypatch.setattr(engine, "QUANTIZED_ASSIGNMENT_SIZE", 0)
+    monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", 0)
     monkeypatch.setattr(engine, "_sparse_optimum", lambda *args: None)
     monkeypatch.setattr(assignment, "cancel_and_repair", lambda n, *args: (None, None, False))
     photo = load_image(shared_data("nips17", "images", "c83cfca4bc9dd3c7.png"))
@@ -656,10 +627,10 @@ def test_the_network_simplex_is_an_optimal_matching():
     assert cost[np.arange(300), columns].sum() == pytest.approx(cost[rows, best].sum(), rel=1e-12)
 
 
-@pytest.mark.parametrize("route", ["float64", "quantized"])
+@pytest.mark.parametrize("route", ["float64", "float32"])
 def test_a_dense_tight_graph_goes_to_the_network_simplex(monkeypatch, route):
     """Where the certificate fails and the auction leaves more tight edges per row than the searches
-    handle well, the whole matrix goes to the network simplex; the matching stays optimal. The quantized
+    handle well, the whole matrix goes to the network simplex; the matching stays optimal. The float32
     route builds the exact matrix for it."""
     calls: list[np.ndarray] = []
     simplex = assignment.network_simplex
@@ -676,12 +647,8 @@ def test_a_dense_tight_graph_goes_to_the_network_simplex(monkeypatch, route):
     if route == "float64":
         columns = assignment.min_cost_assignment(cost)
     else:
-        scale = 65535.0
         columns = assignment.min_cost_assignment_within(
-            np.floor(cost * scale + 0.5).astype(np.uint16),
-            scale,
-            lambda rows, columns: cost[rows, columns],
-            exact_matrix=lambda: cost,
+            cost.astype(np.float32), lambda rows, columns: cost[rows, columns], exact_matrix=lambda: cost
         )
     rows, best = linear_sum_assignment(cost)
     assert len(calls) == 1 and calls[0].dtype == np.float64 and np.array_equal(calls[0], cost)
@@ -709,34 +676,32 @@ def test_sorted_unique_equals_numpy_unique():
     assert len(assignment.sorted_unique(np.empty(0, dtype=np.int64))) == 0
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.uint16])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("tied", [False, True])
 def test_block_floors_skip_only_blocks_that_cannot_matter(dtype, tied):
     """The passes read a block only where its cost floor (plus a price or dual floor) does not rule it
     out: the auction's columns and prices, the row minima and the edges below a threshold are those
     of reading every block (floors of -inf), on matrices with and without exact ties, whose size is
-    not a multiple of the block, stored in floats or quantized (costs x 10^4 in uint16)."""
+    not a multiple of the block."""
     rng = np.random.default_rng(7)
     n = 5 * assignment.SCAN_BLOCK + 17
     # Points on a line, the columns' in order: far blocks have high floors (as far patches do).
     rows, columns = rng.random(n), np.sort(rng.random(n))
     cost = np.abs(rows[:, None] - columns[None]) + 0.1 * rng.random((n, n))
-    cost = np.round(cost * 12) / 12 if tied else cost
-    unit = 1e4 if dtype == np.uint16 else 1.0
-    cost = np.round(cost * unit).astype(dtype) if dtype == np.uint16 else cost.astype(dtype)
+    cost = (np.round(cost * 12) / 12 if tied else cost).astype(dtype)
     floors, top = assignment.block_floors(cost, threads=2)
     assert floors.shape == (n, n // assignment.SCAN_BLOCK) and top == pytest.approx(float(cost.max() - cost.min()))
     blocked = n - n % assignment.SCAN_BLOCK
     assert np.array_equal(floors, cost[:, :blocked].reshape(n, -1, assignment.SCAN_BLOCK).min(axis=2))
-    unbounded = np.full(floors.shape, -np.inf)
-    eps_end = assignment.FINAL_TOTAL_GAP * unit / n
+    unbounded = np.full_like(floors, -np.inf)
+    eps_end = assignment.FINAL_TOTAL_GAP / n
     skipping = assignment.auction(cost, floors, top / 32, eps_end, assignment.SCALING)
     reading = assignment.auction(cost, unbounded, top / 32, eps_end, assignment.SCALING)
     assert np.array_equal(skipping[0], reading[0]) and np.array_equal(skipping[1], reading[1])
     assigned, prices = skipping
     row_minima = assignment.row_minima(cost, prices, 2, floors)
     assert np.array_equal(row_minima, (cost + prices).min(axis=1))
-    for absolute, relative in [(1e-3 * unit, 0.0), (0.0, 2.0**-22), (0.05 * unit, 0.01)]:
+    for absolute, relative in [(1e-3, 0.0), (0.0, 2.0**-22), (0.05, 0.01)]:
         skipped = assignment.edges_below(cost, row_minima, -prices, absolute, relative, 2, floors)
         read = assignment.edges_below(cost, row_minima, -prices, absolute, relative, 2)
         assert len(read[0]) >= n and all(np.array_equal(a, b) for a, b in zip(skipped, read))
