@@ -606,22 +606,16 @@ def block_floors(cost: np.ndarray, threads: int = 1) -> tuple[np.ndarray, float]
 
 
 def tight_edges(
-    cost: np.ndarray,
-    prices: np.ndarray,
-    assigned: np.ndarray,
-    threads: int = 1,
-    floors: np.ndarray | None = None,
-    slack: float = np.inf,
+    cost: np.ndarray, prices: np.ndarray, assigned: np.ndarray, threads: int = 1, floors: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The edges whose reduced cost under (u, -prices), u_i = min_j (c_ij + p_j), is at most the gap
-    (they hold every optimal assignment), and at most `slack` where given (then they may not)."""
+    """The edges whose reduced cost under (u, -prices), u_i = min_j (c_ij + p_j), is at most the gap."""
     n = len(cost)
     row_dual = row_minima(cost, prices, threads, floors)
     primal = float(np.sum(cost[np.arange(n), assigned], dtype=np.float64))
     gap = primal - (row_dual.sum() - prices.sum())
     # Rounding in the sums above is far below 1e-12 of the gap's scale; the margin only keeps the
     # auction's own edges (reduced cost <= gap in exact arithmetic) in the graph.
-    return edges_below(cost, row_dual, -prices, min(gap, slack) + 1e-12 * (abs(primal) + 1.0), 0.0, threads, floors)
+    return edges_below(cost, row_dual, -prices, gap + 1e-12 * (abs(primal) + 1.0), 0.0, threads, floors)
 
 
 def min_cost_assignment(cost: np.ndarray, threads: int = 1) -> np.ndarray:
@@ -668,15 +662,12 @@ def _exact_matrix_finish(
     return _finish(n, rows, columns, lambda rows, columns: cost[rows, columns], prices, assigned)
 
 
-def _auction_and_tight_edges(cost: np.ndarray, threads: int, slack_phases: float = np.inf) -> _Auctioned:
-    """The auction and its tight graph; with `slack_phases`, only edges within that many final
-    epsilons of tight (tight_edges' slack)."""
+def _auction_and_tight_edges(cost: np.ndarray, threads: int) -> _Auctioned:
     n = len(cost)
     floors, top = block_floors(cost, threads)
     eps_end = FINAL_TOTAL_GAP / n
     assigned, prices = auction(cost, floors, max(top / START_DIVISOR, eps_end), eps_end, SCALING)
-    graph = tight_edges(cost, prices, assigned, threads, floors, slack_phases * eps_end)
-    return _Auctioned(assigned, prices, *graph, floors, top)
+    return _Auctioned(assigned, prices, *tight_edges(cost, prices, assigned, threads, floors), floors, top)
 
 
 def _repaired(
@@ -758,10 +749,6 @@ def _finish(n: int, rows: np.ndarray, columns: np.ndarray, exact_costs, prices, 
 # 2^-46): 2^-22 leaves a margin of four.
 FLOAT32_RELATIVE_ERROR = 2.0**-22
 MAX_PRICING_ROUNDS = 20
-# Large problems' tight graph keeps edges within this many final epsilons of tight, not the whole gap:
-# on nips17 photo 820 against its JPEG copy at 128 px (near-tied columns) 468 edges per row instead of
-# 706, and no entry violated the duals found on it.
-TIGHT_SLACK_EPSILONS = 64.0
 
 
 def min_cost_assignment_within(
@@ -786,9 +773,7 @@ def min_cost_assignment_within(
     whose auction was faster on their ties).
     """
     n = cost.shape[0]
-    # Past EXACT_MATRIX_SIZE (no exact-matrix finish, which needs every optimal edge) the graph keeps
-    # only edges near tight: pricing adds any optimal edge it lacks.
-    auctioned = _auction_and_tight_edges(cost, threads, np.inf if n <= EXACT_MATRIX_SIZE else TIGHT_SLACK_EPSILONS)
+    auctioned = _auction_and_tight_edges(cost, threads)
     assigned, prices, rows, columns = auctioned.assigned, auctioned.prices, auctioned.rows, auctioned.columns
     if exact_matrix is not None and len(rows) > SIMPLEX_EDGES_PER_ROW * n and n <= EXACT_MATRIX_SIZE:
         return _exact_matrix_finish(exact_matrix(), auctioned, threads, None)

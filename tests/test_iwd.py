@@ -312,46 +312,6 @@ def test_the_float32_matrix_route_matches_pot(monkeypatch, name, ordered):
         assert value == pytest.approx(expected, rel=1e-9), kind
 
 
-@pytest.mark.parametrize("slack", [0.0, 64.0])
-def test_pricing_adds_the_optimal_edges_a_narrow_tight_graph_lacks(monkeypatch, slack):
-    """An auction stopped early (a final total gap of 1) leaves a suboptimal assignment; the graph of
-    edges near tight lacks optimal ones, and the pricing rounds add them: the optimum all the same."""
-    monkeypatch.setattr(assignment, "EXACT_MATRIX_SIZE", 0)
-    monkeypatch.setattr(assignment, "TIGHT_SLACK_EPSILONS", slack)
-    monkeypatch.setattr(assignment, "FINAL_TOTAL_GAP", 1.0)
-    rounds = []
-    shortest = assignment.shortest_paths_finish
-    monkeypatch.setattr(assignment, "shortest_paths_finish", lambda *args: rounds.append(1) or shortest(*args))
-    cost = np.random.default_rng(8).random((300, 300))
-    columns = assignment.min_cost_assignment_within(cost.astype(np.float32), lambda rows, columns: cost[rows, columns])
-    rows, best = linear_sum_assignment(cost)
-    assert cost[np.arange(300), columns].sum() == pytest.approx(cost[rows, best].sum(), rel=1e-12)
-    if slack == 0.0:
-        assert len(rounds) >= 1  # the graph's own optimum was not the whole problem's
-
-
-@pytest.mark.parametrize("slack", [0.0, 64.0])
-def test_a_tight_graph_narrower_than_the_gap_still_gives_pots_value(monkeypatch, slack):
-    """Large problems' tight graph keeps only edges within a few final epsilons of tight (forced here at
-    36 px, down to exactly tight ones): it may lack optimal edges, which pricing adds."""
-    import importlib
-
-    engine = importlib.import_module("iwdctl.iwd")
-    monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", 0)
-    monkeypatch.setattr(engine, "_sparse_optimum", lambda *args: None)
-    monkeypatch.setattr(assignment, "EXACT_MATRIX_SIZE", 0)
-    monkeypatch.setattr(assignment, "TIGHT_SLACK_EPSILONS", slack)
-    sizes = []
-    tight_edges = assignment.tight_edges
-    monkeypatch.setattr(
-        assignment, "tight_edges", lambda *args: sizes.append(len(tight_edges(*args)[0])) or tight_edges(*args)
-    )
-    photo = load_image(shared_data("nips17", "images", "0c7ac4a8c9dfa802.png"))
-    for kind, (x, y) in perturbed_pairs(photo, 36, seed=4).items():
-        assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
-    assert len(sizes) >= 5 and min(sizes) > 0
-
-
 def test_the_float32_route_without_the_repair_matches_pot(monkeypatch):
     """Where the repaired duals cannot prove the auction's assignment (forced here), the float32 route
     solves its tight graph by successive shortest paths and prices the whole matrix: still POT's."""
