@@ -736,10 +736,21 @@ def sorted_unique(*parts: np.ndarray) -> np.ndarray:
     return keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
 
 
+def _with_assignment(graph_keys: np.ndarray, assignment_keys: np.ndarray) -> np.ndarray:
+    """sorted_unique of a graph's keys (row x n + column), sorted and distinct as edges_below lists them,
+    and an assignment's (sorted, distinct): a search, not a sort (the near-tied tight graph of nips17
+    photo 820 against its JPEG copy at 128 px has 10.5M edges: 1.1 s to sort)."""
+    positions = np.searchsorted(graph_keys, assignment_keys)
+    present = np.zeros(len(assignment_keys), dtype=bool)
+    inside = positions < len(graph_keys)
+    present[inside] = graph_keys[positions[inside]] == assignment_keys[inside]
+    return np.insert(graph_keys, positions[~present], assignment_keys[~present])
+
+
 def _finish(n: int, rows: np.ndarray, columns: np.ndarray, exact_costs, prices, assigned) -> np.ndarray:  # type: ignore[no-untyped-def]
     """The exact optimum over the certified edges (and the auction's own assignment, which lies among
     them but is added explicitly so that a perfect matching exists whatever the rounding)."""
-    keys = sorted_unique(rows * n + columns, np.arange(n) * n + assigned)
+    keys = _with_assignment(rows * n + columns, np.arange(n) * n + assigned)
     rows, columns = keys // n, keys % n
     indptr = np.searchsorted(rows, np.arange(n + 1))
     return shortest_paths_finish(n, indptr, columns, exact_costs(rows, columns), -prices, assigned)[0]
@@ -777,7 +788,7 @@ def min_cost_assignment_within(
     assigned, prices, rows, columns = auctioned.assigned, auctioned.prices, auctioned.rows, auctioned.columns
     if exact_matrix is not None and len(rows) > SIMPLEX_EDGES_PER_ROW * n and n <= EXACT_MATRIX_SIZE:
         return _exact_matrix_finish(exact_matrix(), auctioned, threads, None)
-    keys = sorted_unique(rows * n + columns, np.arange(n) * n + assigned)
+    keys = _with_assignment(rows * n + columns, np.arange(n) * n + assigned)
     rows, columns = keys // n, keys % n
     costs = exact_costs(rows, columns)
     matched, column_duals, repaired = _repaired(rows, columns, costs, assigned, prices)

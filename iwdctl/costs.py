@@ -249,8 +249,13 @@ def pair_cost_matrix(u: np.ndarray, v: np.ndarray, threads: int = 1, dtype: type
     return out
 
 
-def pair_costs(u: np.ndarray, v: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """Exact float64 costs mean |u_i - v_j| of the listed entries (i, j) = (rows[k], columns[k])."""
+# Listed entries per thread below which pair_costs runs on one thread.
+LISTED_COSTS_PER_THREAD = 65536
+
+
+def pair_costs(u: np.ndarray, v: np.ndarray, rows: np.ndarray, columns: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Exact float64 costs mean |u_i - v_j| of the listed entries (i, j) = (rows[k], columns[k]),
+    the list split over `threads`."""
     if _listed_kernel is None:
         chunk = 65536  # bounds the memory of the gathered rows
         parts = [
@@ -259,7 +264,14 @@ def pair_costs(u: np.ndarray, v: np.ndarray, rows: np.ndarray, columns: np.ndarr
         ]
         return np.concatenate(parts) if parts else np.empty(0)
     out = np.empty(len(rows))
-    _listed_kernel(u, v, np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(columns, dtype=np.int64), out)
+    rows, columns = np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(columns, dtype=np.int64)
+    # Short lists (a pricing round's few suspects) are not worth a thread pool's start.
+    parts = threads if len(rows) >= LISTED_COSTS_PER_THREAD * threads else 1
+    in_row_parts(
+        lambda start, stop: _listed_kernel(u, v, rows[start:stop], columns[start:stop], out[start:stop]),
+        len(rows),
+        parts,
+    )
     return out
 
 

@@ -415,7 +415,7 @@ def _assignment(
         return order[
             min_cost_assignment_within(
                 costs(np.float32),
-                lambda edge_rows, edge_columns: pair_costs(kept_u, kept_v, edge_rows, edge_columns),
+                lambda edge_rows, edge_columns: pair_costs(kept_u, kept_v, edge_rows, edge_columns, threads),
                 threads,
                 lambda: costs(np.float64),
             )

@@ -676,6 +676,34 @@ def test_sorted_unique_equals_numpy_unique():
     assert len(assignment.sorted_unique(np.empty(0, dtype=np.int64))) == 0
 
 
+def test_a_graph_with_the_assignment_added_is_the_sorted_union():
+    """_with_assignment merges an assignment's edges into a tight graph's without sorting: the union,
+    sorted, whether the graph holds all, some or none of them, or is empty."""
+    rng = np.random.default_rng(9)
+    n = 50
+    assignment_keys = np.arange(n) * n + rng.permutation(n)
+    for share in (0.0, 0.5, 1.0):
+        extra = rng.integers(0, n * n, 300)
+        kept = assignment_keys[rng.random(n) < share]
+        graph = np.unique(np.concatenate((extra, kept)))
+        merged = assignment._with_assignment(graph, assignment_keys)
+        assert np.array_equal(merged, np.unique(np.concatenate((graph, assignment_keys))))
+    assert np.array_equal(assignment._with_assignment(np.empty(0, dtype=np.int64), assignment_keys), assignment_keys)
+
+
+def test_pair_costs_on_threads_equal_one_thread():
+    from iwdctl import costs
+
+    generator = np.random.default_rng(6)
+    u, v = generator.random((300, 147)), generator.random((200, 147))
+    count = 2 * costs.LISTED_COSTS_PER_THREAD + 7  # long enough to be split
+    rows, columns = generator.integers(0, 300, count), generator.integers(0, 200, count)
+    one = costs.pair_costs(u, v, rows, columns)
+    assert np.array_equal(costs.pair_costs(u, v, rows, columns, threads=2), one)
+    assert np.array_equal(costs.pair_costs(u, v, rows, columns, threads=3), one)
+    np.testing.assert_allclose(one[:50], np.abs(u[rows[:50]] - v[columns[:50]]).mean(axis=1), rtol=1e-14)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("tied", [False, True])
 def test_block_floors_skip_only_blocks_that_cannot_matter(dtype, tied):
