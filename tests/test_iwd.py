@@ -696,7 +696,7 @@ def test_pair_costs_on_threads_equal_one_thread():
 
     generator = np.random.default_rng(6)
     u, v = generator.random((300, 147)), generator.random((200, 147))
-    count = 2 * costs.LISTED_COSTS_PER_THREAD + 7  # long enough to be split
+    count = 3 * costs.LISTED_COSTS_PER_THREAD + 7  # long enough to be split over 2 and over 3 threads
     rows, columns = generator.integers(0, 300, count), generator.integers(0, 200, count)
     one = costs.pair_costs(u, v, rows, columns)
     assert np.array_equal(costs.pair_costs(u, v, rows, columns, threads=2), one)
