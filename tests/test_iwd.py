@@ -602,6 +602,78 @@ def test_cycle_cancelling_reaches_the_optimum_from_any_matching(seed):
     assert (cost - row_duals[:, None] - duals[None, :]).min() >= -1e-12
 
 
+def _sparse_graph(rng: np.random.Generator, n: int, extra: int) -> tuple[np.ndarray, ...]:
+    """CSR rows of a random graph holding a planted perfect matching, integer costs 0-9, and the
+    planted matching."""
+    planted = rng.permutation(n)
+    row_columns = [np.unique(np.append(rng.choice(n, extra), planted[row])) for row in range(n)]
+    indptr = np.concatenate(([0], np.cumsum([len(columns) for columns in row_columns])))
+    indices = np.concatenate(row_columns)
+    return indptr, indices, rng.integers(0, 10, len(indices)).astype(np.float64), planted
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_graph_auction_ends_optimal_on_integer_costs(seed):
+    """Carried on from a matching and zero prices over a sparse graph, the auction ends with a perfect
+    matching whose rows are each within the final epsilon of their best edge; with integer costs and
+    n x epsilon < 1 that makes it optimal (Bertsekas): SciPy's optimum over the graph."""
+    rng = np.random.default_rng(seed)
+    n = [7, 60, 150][seed]
+    indptr, indices, costs, planted = _sparse_graph(rng, n, [1, 3, 6][seed])
+    eps_end = 0.5 / n
+    assigned, prices, complete = assignment.graph_auction(
+        n, indptr, indices, costs, planted, np.zeros(n), 4.0, eps_end, 4.0, 10.0, 10**6
+    )
+    assert complete and sorted(assigned.tolist()) == list(range(n))
+    own = []
+    for row in range(n):
+        edges = slice(indptr[row], indptr[row + 1])
+        values = costs[edges] + prices[indices[edges]]
+        position = int(np.flatnonzero(indices[edges] == assigned[row])[0])
+        assert values[position] <= values.min() + eps_end + 1e-9
+        own.append(costs[edges][position])
+    dense = np.full((n, n), 1e6)
+    dense[np.repeat(np.arange(n), np.diff(indptr)), indices] = costs
+    rows, best = linear_sum_assignment(dense)
+    assert sum(own) == dense[rows, best].sum()
+
+
+def test_the_graph_auction_stops_where_the_graph_has_no_perfect_matching():
+    # Rows 0 and 1 have only column 0: they would outbid each other forever.
+    indptr, indices = np.array([0, 1, 2, 4]), np.array([0, 0, 1, 2])
+    _, _, complete = assignment.graph_auction(
+        3, indptr, indices, np.ones(4), np.arange(3), np.zeros(3), 1.0, 0.01, 4.0, 2.0, 1000
+    )
+    assert not complete
+
+
+def test_a_failed_repair_is_tried_again_after_the_graph_auction(monkeypatch):
+    """Where the repair gives up (forced here, once), the auction goes on over the tight graph and the
+    repair starts again from its assignment and the first auction's prices (the refined ones move by
+    more than entries outside the graph allow): the matching is optimal."""
+    calls: list[np.ndarray] = []
+    repair = assignment.cancel_and_repair
+
+    def failing_once(n, indptr, indices, costs, matched, duals, *rest):  # type: ignore[no-untyped-def]
+        calls.append(duals.copy())
+        if len(calls) == 1:
+            return matched, duals, False
+        return repair(n, indptr, indices, costs, matched, duals, *rest)
+
+    monkeypatch.setattr(assignment, "cancel_and_repair", failing_once)
+    cost = np.abs(np.random.default_rng(11).random((300, 1)) - np.random.default_rng(12).random((1, 300)))
+    auctioned = assignment._auction_and_tight_edges(cost, 1)
+    rows, columns = auctioned.rows, auctioned.columns
+    matched, duals, repaired = assignment._repaired(
+        rows, columns, cost[rows, columns], auctioned.assigned, auctioned.prices
+    )
+    assert repaired and len(calls) == 2 and np.array_equal(calls[1], -auctioned.prices)
+    best = linear_sum_assignment(cost)[1]
+    assert cost[np.arange(300), matched].sum() == pytest.approx(cost[np.arange(300), best].sum(), rel=1e-12)
+    row_duals = cost[np.arange(300), matched] - duals[matched]
+    assert (cost[rows, columns] - row_duals[rows] - duals[columns]).min() >= -1e-13
+
+
 def test_the_certificate_checks_the_whole_matrix(monkeypatch):
     """Duals repaired on a graph that lacks the better entries prove nothing: the pass over the whole
     matrix refuses the matching. On the complete graph the same call finds the optimum (from this
