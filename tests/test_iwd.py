@@ -674,6 +674,28 @@ def test_a_failed_repair_is_tried_again_after_the_graph_auction(monkeypatch):
     assert (cost[rows, columns] - row_duals[rows] - duals[columns]).min() >= -1e-13
 
 
+def test_listed_costs_read_the_graph_and_compute_only_the_rest():
+    """Pricing's suspects take the costs of those in the graph from it; only the others are computed."""
+    rng = np.random.default_rng(8)
+    n = 40
+    cost = rng.random((n, n))
+    graph_keys = np.sort(rng.choice(n * n, 300, replace=False))
+    listed_keys = np.sort(np.concatenate((rng.choice(graph_keys, 50, replace=False), rng.choice(n * n, 50))))
+    listed_keys = np.unique(listed_keys)
+    asked: list[int] = []
+
+    def exact_costs(rows, columns):  # type: ignore[no-untyped-def]
+        asked.extend((rows * n + columns).tolist())
+        return cost[rows, columns]
+
+    listed = assignment._listed_costs(
+        (listed_keys // n, listed_keys % n), graph_keys, cost.ravel()[graph_keys], exact_costs, n
+    )
+    assert np.array_equal(listed, cost.ravel()[listed_keys])
+    assert sorted(asked) == sorted(set(listed_keys.tolist()) - set(graph_keys.tolist()))
+    assert np.array_equal(assignment.positions_in(np.array([], dtype=np.int64), graph_keys), np.empty(0))
+
+
 def test_the_certificate_checks_the_whole_matrix(monkeypatch):
     """Duals repaired on a graph that lacks the better entries prove nothing: the pass over the whole
     matrix refuses the matching. On the complete graph the same call finds the optimum (from this
