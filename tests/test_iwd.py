@@ -326,6 +326,32 @@ def test_the_float32_route_without_the_repair_matches_pot(monkeypatch):
         assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
 
 
+def test_the_repair_after_the_graph_auction_matches_pot(monkeypatch):
+    """Every first repair forced to give up: the auction goes on over the tight graph and the repair
+    that follows proves the optimum, on both routes and every kind of pair: POT's value."""
+    import importlib
+
+    engine = importlib.import_module("iwdctl.iwd")
+    repair = assignment.cancel_and_repair
+    calls: list[bool] = []
+
+    def failing_first(n, indptr, indices, costs, matched, duals, *rest):  # type: ignore[no-untyped-def]
+        calls.append(len(calls) % 2 == 0)
+        if calls[-1]:
+            return matched, duals, False
+        return repair(n, indptr, indices, costs, matched, duals, *rest)
+
+    monkeypatch.setattr(assignment, "cancel_and_repair", failing_first)
+    monkeypatch.setattr(engine, "_sparse_optimum", lambda *args: None)
+    photo = load_image(shared_data("nips17", "images", "c83cfca4bc9dd3c7.png"))
+    for float32_size in (0, 10**9):
+        monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", float32_size)
+        for kind, (x, y) in perturbed_pairs(photo, 36, seed=3).items():
+            calls.clear()
+            assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
+            assert len(calls) in (0, 2), kind  # identical pairs skip the solver; else failed once, then repaired
+
+
 def test_the_sparse_route_certifies_pairs_whose_patches_stay_in_place():
     """Noise, blur and JPEG pairs are solved on each patch's nearest patches, and certified: the
     matching it returns costs POT's optimum."""
