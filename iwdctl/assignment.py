@@ -105,6 +105,20 @@ def _insert_smallest(values, prices, start, stop, worst, top_values, top_columns
     return worst
 
 
+def _award(row, column, increment, prices, owner, assigned, waiting, top):  # type: ignore[no-untyped-def]
+    """An auction's bid: `row` takes `column`, whose price rises by `increment`; its previous owner, if
+    any, goes back on the stack of waiting rows. Returns the stack's new size."""
+    prices[column] += increment
+    previous = owner[column]
+    owner[column] = row
+    assigned[row] = column
+    if previous >= 0:
+        assigned[previous] = -1
+        waiting[top] = previous
+        top += 1
+    return top
+
+
 def _auction(cost, cost_floors, eps_start, eps_end, scaling):  # type: ignore[no-untyped-def]
     """Gauss-Seidel forward auction for minimum cost, epsilon scaled; returns (columns, prices).
 
@@ -196,14 +210,7 @@ def _auction(cost, cost_floors, eps_start, eps_end, scaling):  # type: ignore[no
                 best = top_values[0]
                 best_column = top_columns[0]
                 second = top_values[1] if width > 0 else best  # a 1 x 1 problem
-            prices[best_column] += second - best + eps
-            previous = owner[best_column]
-            owner[best_column] = row
-            assigned[row] = best_column
-            if previous >= 0:
-                assigned[previous] = -1
-                waiting[top] = previous
-                top += 1
+            top = _award_kernel(row, best_column, second - best + eps, prices, owner, assigned, waiting, top)
         if eps <= eps_end:
             return assigned, prices
         eps = max(eps_end, eps / scaling)
@@ -556,20 +563,15 @@ def _graph_auction(count, indptr, indices, costs, assigned, prices, eps_start, e
                         second = value
             if best_column < 0:
                 return assigned, prices, False  # a row without edges
-            prices[best_column] += (jump if second == np.inf else second - best) + eps
-            previous = owner[best_column]
-            owner[best_column] = row
-            assigned[row] = best_column
-            if previous >= 0:
-                assigned[previous] = -1
-                waiting[top] = previous
-                top += 1
+            increment = (jump if second == np.inf else second - best) + eps
+            top = _award_kernel(row, best_column, increment, prices, owner, assigned, waiting, top)
         if eps <= eps_end:
             return assigned, prices, True
         eps = max(eps_end, eps / scaling)
 
 
 _insert_smallest_kernel = _compile(_insert_smallest)
+_award_kernel = _compile(_award)
 auction = _compile(_auction)
 _block_floors_kernel = _compile(_block_floors)
 _row_minima_kernel = _compile(_row_minima)
