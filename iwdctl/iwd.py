@@ -580,10 +580,11 @@ def estimate_iwd(
 
     Epsilon falls geometrically (x0.7 per pass) from the largest cost to 1e-6 of the mean nearest-patch
     cost; once below a tenth of it, the bracket is checked every 5 passes, and its lower end returned once
-    its relative width is below `tolerance`, or after MAX_PASSES with the bound it has then (4e-5 to
-    9e-4 for noise, blur, JPEG and PGD pairs at 224 px, stride 4; tens of percent for shifted, rotated
-    or re-arranged ones, whose plans converge slowly at small epsilon, though the lower end itself lies
-    within a few percent). The bound includes FLOAT32_ALLOWANCE x the largest cost.
+    its relative width is below `tolerance`, or after MAX_PASSES with the bound it has then (224 px,
+    stride 4: 4e-5 to 9e-4 for photo 600's noise, blur, JPEG and PGD pairs, up to 30% for the flat
+    photo 601's; 14-44% for shifted, rotated or re-arranged pairs, whose plans converge slowly at small
+    epsilon, though the lower end itself lies within 0.5-4.6%). The bound includes FLOAT32_ALLOWANCE x
+    the largest cost.
     """
     import torch
 
