@@ -95,6 +95,13 @@ STORED_COST_BYTES = 12 * 2**30
 # The estimate stops once its bracket is this narrow (relative width), or after MAX_PASSES.
 ESTIMATE_TOLERANCE = 1e-3
 MAX_PASSES = 150
+# Epsilon's floor, relative to the mean nearest-patch cost. Below a tenth of that cost epsilon falls by
+# x0.9 per pass instead of x0.7 (224 px, stride 4, scratch runs: photo 600's shifted pair -0.53% ->
+# -0.16%, bound 16% -> 4.7%; flat photo 601's shifted, re-arranged and JPEG pairs -3.97% -> -3.44%,
+# -4.56% -> -4.02%, -1.4e-3 -> -5.6e-4; noise and JPEG pairs of 600: 30 passes instead of 25, errors
+# under 2e-6). x0.9 from the start (GeomLoss-like) did better on moved pairs (601 shift -1.9%) but took
+# easy pairs 2.5x longer; the old floor, 1e-6, left the potentials stuck at small epsilon.
+ESTIMATE_FLOOR = 1e-3
 # Added to the estimate's bound, in units of the largest cost: the float32 cost matrix and sums resolve
 # the bracket's ends to a few units in the last place of the costs.
 FLOAT32_ALLOWANCE = 8 * 2.0**-24
@@ -578,13 +585,13 @@ def estimate_iwd(
 ) -> tuple[float, float]:
     """Entropic estimate of IWD on x's device and its relative error bound (see the module docstring).
 
-    Epsilon falls geometrically (x0.7 per pass) from the largest cost to 1e-6 of the mean nearest-patch
-    cost; once below a tenth of it, the bracket is checked every 5 passes, and its lower end returned once
-    its relative width is below `tolerance`, or after MAX_PASSES with the bound it has then (224 px,
-    stride 4: 4e-5 to 9e-4 for photo 600's noise, blur, JPEG and PGD pairs, up to 30% for the flat
-    photo 601's; 14-44% for shifted, rotated or re-arranged pairs, whose plans converge slowly at small
-    epsilon, though the lower end itself lies within 0.5-4.6%). The bound includes FLOAT32_ALLOWANCE x
-    the largest cost.
+    Epsilon falls geometrically (x0.7 per pass, x0.9 below a tenth of the mean nearest-patch cost) from
+    the largest cost to ESTIMATE_FLOOR of that cost; once below a tenth of it, the bracket is checked
+    every 5 passes, and its lower end returned once its relative width is below `tolerance`, or after
+    MAX_PASSES with the bound it has then: percents to tens of percents for shifted, rotated or
+    re-arranged pairs, whose plans converge slowly at small epsilon, though the lower end itself lies
+    within a few percent (benchmarks/results/measure_speed_estimate*.md). The bound includes
+    FLOAT32_ALLOWANCE x the largest cost.
     """
     import torch
 
@@ -599,7 +606,7 @@ def estimate_iwd(
     if largest == 0.0:
         return 0.0, 0.0
     nearest /= cost.count
-    floor = max(1e-6 * nearest, 1e-9 * largest)
+    floor = max(ESTIMATE_FLOOR * nearest, 1e-9 * largest)
     f = torch.zeros(len(u), device=u.device)
     g = torch.zeros(len(v), device=u.device)
     eps = largest
@@ -608,7 +615,7 @@ def estimate_iwd(
     lower, upper = 0.0, math.inf
     for iteration in range(1, MAX_PASSES + 1):
         f, g = _sinkhorn_pass(cost, f, g, eps)
-        eps = max(floor, eps * 0.7)
+        eps = max(floor, eps * (0.7 if eps >= 0.1 * nearest else 0.9))
         if eps < 0.1 * nearest and (iteration % 5 == 0 or iteration == MAX_PASSES):
             checked_lower, checked_upper = _bracket(cost, f, g, eps)
             lower, upper = max(lower, checked_lower), min(upper, checked_upper)
