@@ -23,7 +23,8 @@ rounded onto the exact marginals (Altschuler, Weed and Rigollet 2017) bounds it 
 estimate is the bracket's lower end, and `bound` its width relative to that end, so
 |estimate - IWD| <= bound * IWD always. The lower end, not the midpoint: the rounded plan pays for the
 mass that rounding leaves unplaced at the cost of random pairs, so on every pair measured the upper
-end lay far further from IWD than the lower one. At 224 px, stride 4, nips17 photo 600: the lower end
+end lay far further from IWD than the lower one. At 224 px, stride 4, with epsilon falling x0.7 per
+pass to 1e-6 of the nearest cost (the schedule before ESTIMATE_FLOOR's), nips17 photo 600: the lower end
 within 7e-6 of IWD on noise, Gaussian noise, blur, JPEG and PGD pairs, where the midpoint was 2e-5 to
 1e-3 off, and -0.5% on the shifted pair (midpoint +7.2%); the flat photo 601, whose brackets stay wide
 after MAX_PASSES: -3.6e-9 to -1.4e-3 on those kinds and -1.3% to -4.6% on shifted, rotated and
