@@ -608,6 +608,7 @@ def estimate_iwd(
         return 0.0, 0.0
     nearest /= cost.count
     floor = max(ESTIMATE_FLOOR * nearest, 1e-9 * largest)
+    fine = 0.1 * nearest  # below it epsilon falls slower and the bracket is checked
     f = torch.zeros(len(u), device=u.device)
     g = torch.zeros(len(v), device=u.device)
     eps = largest
@@ -616,8 +617,8 @@ def estimate_iwd(
     lower, upper = 0.0, math.inf
     for iteration in range(1, MAX_PASSES + 1):
         f, g = _sinkhorn_pass(cost, f, g, eps)
-        eps = max(floor, eps * (0.7 if eps >= 0.1 * nearest else 0.9))
-        if eps < 0.1 * nearest and (iteration % 5 == 0 or iteration == MAX_PASSES):
+        eps = max(floor, eps * (0.7 if eps >= fine else 0.9))
+        if eps < fine and (iteration % 5 == 0 or iteration == MAX_PASSES):
             checked_lower, checked_upper = _bracket(cost, f, g, eps)
             lower, upper = max(lower, checked_lower), min(upper, checked_upper)
             if upper - lower <= tolerance * max(lower, 1e-12):
