@@ -516,15 +516,16 @@ def _shortest_paths_finish(count, indptr, indices, costs, column_duals, hint):  
 
 def _graph_auction(count, indptr, indices, costs, assigned, prices, eps_start, eps_end, scaling, jump, bids):  # type: ignore[no-untyped-def]
     """The forward auction of _auction on a sparse graph (CSR rows) with its exact costs, carried on from
-    an assignment and prices down to a smaller epsilon: each phase keeps the rows that meet its
-    epsilon-complementary slackness and rebids the others. A row with one edge raises its price by
-    `jump`. Returns (assigned, prices, True), or (.., False) past `bids` bids (a graph without a
+    an assignment (-1: none; one row per column) and prices down to a smaller epsilon: each phase keeps
+    the rows that meet its epsilon-complementary slackness and rebids the others. A row with one edge
+    raises its price by `jump`. Returns (assigned, prices, True), or (.., False) past `bids` bids (a graph without a
     perfect matching would bid forever)."""
     prices = prices.copy()
     assigned = assigned.copy()
     owner = np.full(count, -1, dtype=np.int64)
     for row in range(count):
-        owner[assigned[row]] = row
+        if assigned[row] >= 0:
+            owner[assigned[row]] = row
     waiting = np.empty(count, dtype=np.int64)
     eps = eps_start
     while True:
@@ -538,7 +539,7 @@ def _graph_auction(count, indptr, indices, costs, assigned, prices, eps_start, e
                 if indices[edge] == assigned[row]:
                     own = value
             if own > best + eps:
-                if owner[assigned[row]] == row:
+                if assigned[row] >= 0 and owner[assigned[row]] == row:
                     owner[assigned[row]] = -1
                 assigned[row] = -1
                 waiting[top] = row
@@ -772,6 +773,19 @@ def _repaired(
     return (matched, duals, True) if repaired else (assigned, -prices, False)
 
 
+def graph_optimum(
+    rows: np.ndarray, columns: np.ndarray, costs: np.ndarray, assigned: np.ndarray, prices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The optimum of the sparse graph of edges (rows, columns) sorted by row, with their costs, from an
+    auction's perfect matching of it and prices: (matched, column duals proving it). The duals repaired
+    (_repaired), else successive shortest paths."""
+    matched, column_duals, repaired = _repaired(rows, columns, costs, assigned, prices)
+    if not repaired:
+        indptr = np.searchsorted(rows, np.arange(len(assigned) + 1))
+        matched, column_duals = shortest_paths_finish(len(assigned), indptr, columns, costs, column_duals, matched)
+    return matched, column_duals
+
+
 def _certified_optimum(
     cost: np.ndarray,
     rows: np.ndarray,
@@ -916,10 +930,7 @@ def min_cost_assignment_within(
     keys = _with_assignment(rows * n + columns, np.arange(n) * n + assigned)
     rows, columns = keys // n, keys % n
     costs = exact_costs(rows, columns)
-    matched, column_duals, repaired = _repaired(rows, columns, costs, assigned, prices)
-    if not repaired:
-        indptr = np.searchsorted(rows, np.arange(n + 1))
-        matched, column_duals = shortest_paths_finish(n, indptr, columns, costs, column_duals, matched)
+    matched, column_duals = graph_optimum(rows, columns, costs, assigned, prices)
     for _ in range(MAX_PRICING_ROUNDS):
         row_duals = exact_costs(np.arange(n), matched) - column_duals[matched]
         # Entries that may violate the duals once their rounding is undone (the tight ones among them).

@@ -231,7 +231,7 @@ def measure_command(
         for column in ("adversarial", "method", "l2", "l-inf", "IWD", "SSIM"):
             table.add_column(column, justify="left" if column in ("adversarial", "method") else "right")
         for result in results:
-            mark = "" if result.iwd_exact else f" ≈ (≤ +{100 * result.iwd_bound:.2g}%)"
+            mark = "" if result.iwd_exact else f" ≈ (±{100 * result.iwd_bound:.2g}%)"
             table.add_row(
                 Path(result.adv).name,
                 result.method,

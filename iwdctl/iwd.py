@@ -16,21 +16,19 @@ zero cost without changing the optimum (Kantorovich-Rubinstein: W1 depends only 
 shrinks pixel-shifted pairs a lot. The value is the mean of the matched patches' costs summed
 directly in float64, as POT sums them.
 
-Past EXACT_LIMIT patches, or on request, an entropic estimate (log-domain Sinkhorn with epsilon
-scaling) is computed on the device in row blocks. It comes with a certified bracket: a feasible dual
-(the c-transform of the Sinkhorn potential) bounds IWD from below, and the cost of the Sinkhorn plan
-rounded onto the exact marginals (Altschuler, Weed and Rigollet 2017) bounds it from above. The
-estimate is the bracket's lower end, and `bound` its width relative to that end, so
-|estimate - IWD| <= bound * IWD always. The lower end, not the midpoint: the rounded plan pays for the
-mass that rounding leaves unplaced at the cost of random pairs, so on every pair measured the upper
-end lay far further from IWD than the lower one. At 224 px, stride 4, with epsilon falling x0.7 per
-pass to 1e-6 of the nearest cost (the schedule before ESTIMATE_FLOOR's), nips17 photo 600: the lower end
-within 7e-6 of IWD on noise, Gaussian noise, blur, JPEG and PGD pairs, where the midpoint was 2e-5 to
-1e-3 off, and -0.5% on the shifted pair (midpoint +7.2%); the flat photo 601, whose brackets stay wide
-after MAX_PASSES: -3.6e-9 to -1.4e-3 on those kinds and -1.3% to -4.6% on shifted, rotated and
-re-arranged pairs, where the midpoints lay about +2% to +18% off
-(`benchmarks/results/measure_speed_estimate_601.md`: each row's midpoint is about its estimate x
-(1 + bound / 2)).
+Past EXACT_LIMIT patches, or on request, IWD is estimated on the device in row blocks of a float32
+cost matrix: a few passes of log-domain Sinkhorn with epsilon scaling, then a matching seeded by its
+potential. The potential singles out a sparse graph of candidate pairs (the few smallest reduced
+costs of every patch, and the patches at the same place); its optimal matching, solved on the CPU by
+the exact route's auction and dual repair, is checked against the whole matrix, and rows that break
+its duals add their candidates until none does (pricing, as the exact route certifies its float32
+matrix). The estimate is the matching's cost, an upper bound, and `bound` its gap to the duals' value (a
+lower bound) relative to that value, plus float32 rounding, so |estimate - IWD| <= bound * IWD always.
+At 224 px, stride 4 (nips17 photo 601, scratch runs) the estimate lay within 2e-8 of IWD on every kind
+of pair, where the Sinkhorn bracket's lower end after 150 passes, the estimate before the matching,
+was up to 4% below it on shifted, rotated and re-arranged pairs, and its rounded plan (Altschuler,
+Weed and Rigollet 2017: the bracket's upper end) up to 44% above. Without numba the estimate is that
+lower end.
 """
 
 from __future__ import annotations
@@ -44,8 +42,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from iwdctl.assignment import (
+    FINAL_TOTAL_GAP,
+    GRAPH_BIDS_PER_ROW,
+    SCALING,
     auction,
     block_order,
+    graph_auction,
+    graph_optimum,
     min_cost_assignment,
     min_cost_assignment_within,
     shortest_paths_finish,
@@ -103,6 +106,15 @@ MAX_PASSES = 150
 # under 2e-6). x0.9 from the start (GeomLoss-like) did better on moved pairs (601 shift -1.9%) but took
 # easy pairs 2.5x longer; the old floor, 1e-6, left the potentials stuck at small epsilon.
 ESTIMATE_FLOOR = 1e-3
+# The estimate's matching (_seeded_matching), tried once epsilon falls below the mean nearest-patch cost
+# (10-13 passes), starts from a graph of the CANDIDATES smallest reduced costs of every row and column;
+# each pricing round adds as many for every row that breaks the duals, for at most MATCHING_ROUNDS
+# rounds. 224 px, stride 4, nips17 photo 601 (scratch runs): the matching's cost lay within 2e-8 of
+# IWD on its shifted, rotated, re-arranged and Gaussian-noise pairs in 2.1-2.6 s on 2 CPU cores, where
+# the Sinkhorn bracket's lower end after 150 passes (50-60 s) was 0.9-4.0% below it. Tried at a tenth
+# of that cost (16-20 passes) or after 30: the same values, 3.6-4.4 and 8.3-8.5 s.
+CANDIDATES = 16
+MATCHING_ROUNDS = 8
 # Added to the estimate's bound, in units of the largest cost: the float32 cost matrix and sums resolve
 # the bracket's ends to a few units in the last place of the costs.
 FLOAT32_ALLOWANCE = 8 * 2.0**-24
@@ -581,17 +593,122 @@ def _bracket(cost: _CostRows, f: torch.Tensor, g: torch.Tensor, eps: float) -> t
     return lower, max(upper, lower)
 
 
+def _candidates(cost: _CostRows, prices: torch.Tensor, k: int, by_column: bool) -> tuple[torch.Tensor, ...]:
+    """One pass over the matrix under column prices p (float64): per row, the smallest C_ij + p_j
+    (float64, from the float32 entry) and the k columns with the smallest C_ij + p_j and their costs;
+    with `by_column`, also per column the k rows with the smallest reduced cost C_ij + p_j - f_i and
+    their costs ((k, n) each), and the diagonal C_ii."""
+    import torch
+
+    count, k = cost.count, min(k, cost.count)
+    ranking = (prices - prices.min()).float()  # ranks in float32: the matrix's own precision
+    smallest = torch.empty(count, dtype=torch.float64, device=prices.device)
+    row_columns = torch.empty((count, k), dtype=torch.int64, device=prices.device)
+    row_costs = torch.empty((count, k), device=prices.device)
+    best_reduced = best_rows = best_costs = None
+    diagonal = torch.empty(count, device=prices.device)
+    for start, rows in cost:
+        scores = rows + ranking[None, :]
+        values, columns = scores.topk(k, dim=1, largest=False)
+        stop = start + len(rows)
+        row_columns[start:stop] = columns
+        row_costs[start:stop] = rows.gather(1, columns)
+        smallest[start:stop] = row_costs[start:stop, 0].double() + prices[columns[:, 0]]
+        if by_column:
+            diagonal[start:stop] = rows.diagonal(offset=start)
+            reduced, offsets = (scores - values[:, :1]).topk(min(k, len(rows)), dim=0, largest=False)
+            block_rows, block_costs = offsets + start, rows.gather(0, offsets)
+            if best_reduced is not None:
+                reduced = torch.cat([best_reduced, reduced])
+                block_rows = torch.cat([best_rows, block_rows])
+                block_costs = torch.cat([best_costs, block_costs])
+                reduced, kept = reduced.topk(k, dim=0, largest=False)
+                block_rows, block_costs = block_rows.gather(0, kept), block_costs.gather(0, kept)
+            best_reduced, best_rows, best_costs = reduced, block_rows, block_costs
+    if not by_column:
+        return smallest, row_columns, row_costs
+    return smallest, row_columns, row_costs, best_rows, best_costs, diagonal
+
+
+def _seeded_matching(cost: _CostRows, g: torch.Tensor, eps: float) -> tuple[np.ndarray, float] | None:
+    """A perfect matching of the rows to the columns (columns[row]) and a dual lower bound on IWD, from
+    Sinkhorn's column potential g, or None where numba is absent or the auction runs out of bids.
+
+    Prices p = -g single out the CANDIDATES smallest reduced costs of every row and column; with the
+    diagonal (patches at the same place: a perfect matching, which those candidates alone lacked on a
+    JPEG pair, 2995 of 3025 rows matched at most) they form a sparse graph, which the forward auction
+    (assignment.graph_auction, started at Sinkhorn's epsilon) matches, and whose optimum and duals v
+    follow as in the exact route (assignment.graph_optimum). A pass over the whole matrix gives the
+    dual bound mean_i min_j (C_ij - v_j) + mean v; the rows whose minimum lies below their matched
+    entry's reduced cost bring their CANDIDATES smallest into the graph, which is solved again
+    (pricing), for at most MATCHING_ROUNDS rounds; each round's optimum costs no more than the last.
+    When no row breaks them, the matching is optimal for the float32 matrix and the dual bound its cost."""
+    if graph_auction is None:
+        return None
+    import torch
+
+    count = cost.count
+    _, row_columns, row_costs, column_rows, column_costs, diagonal = _candidates(cost, (-g).double(), CANDIDATES, True)
+    indices = torch.arange(count, device=g.device)
+    row_keys = indices[:, None] * count + row_columns
+    column_keys = column_rows * count + indices[None, :]
+    keys = torch.cat([row_keys.flatten(), column_keys.flatten(), indices * (count + 1)]).cpu().numpy()
+    edge_costs = torch.cat([row_costs.flatten(), column_costs.flatten(), diagonal]).double().cpu().numpy()
+    keys, first = np.unique(keys, return_index=True)
+    edge_costs = edge_costs[first]
+    rows, columns = keys // count, keys % count
+    indptr = np.searchsorted(rows, np.arange(count + 1))
+    eps_end = FINAL_TOTAL_GAP / count
+    jump = float(edge_costs.max() - edge_costs.min()) + 1.0
+    assigned, prices, complete = graph_auction(
+        count,
+        indptr,
+        columns,
+        edge_costs,
+        np.full(count, -1, dtype=np.int64),
+        (-g).double().cpu().numpy(),
+        max(eps, eps_end),
+        eps_end,
+        SCALING,
+        jump,
+        GRAPH_BIDS_PER_ROW * count,
+    )
+    if not complete:
+        return None
+    matched, duals = graph_optimum(rows, columns, edge_costs, assigned, prices)
+    lower = -math.inf
+    for round_ in range(MATCHING_ROUNDS):
+        matched_costs = edge_costs[np.searchsorted(keys, np.arange(count) * count + matched)]
+        smallest, row_columns, row_costs = _candidates(cost, torch.from_numpy(-duals).to(g.device), CANDIDATES, False)
+        row_minima = smallest.cpu().numpy()  # min_j (C_ij - v_j)
+        lower = max(lower, float(row_minima.mean() + duals.mean()))
+        violated = np.flatnonzero(row_minima < matched_costs - duals[matched] - 1e-12)
+        if len(violated) == 0 or round_ == MATCHING_ROUNDS - 1:
+            break
+        new_keys = (violated[:, None] * count + row_columns.cpu().numpy()[violated]).ravel()
+        new_costs = row_costs.double().cpu().numpy()[violated].ravel()
+        keys, first = np.unique(np.concatenate([keys, new_keys]), return_index=True)
+        edge_costs = np.concatenate([edge_costs, new_costs])[first]
+        rows, columns = keys // count, keys % count
+        indptr = np.searchsorted(rows, np.arange(count + 1))
+        matched, duals = shortest_paths_finish(count, indptr, columns, edge_costs, duals, matched)
+    return matched, lower
+
+
 def estimate_iwd(
     x: torch.Tensor, y: torch.Tensor, patch: int = 7, stride: int = 1, tolerance: float = ESTIMATE_TOLERANCE
 ) -> tuple[float, float]:
-    """Entropic estimate of IWD on x's device and its relative error bound (see the module docstring).
+    """Estimate of IWD on x's device and its relative error bound (see the module docstring):
+    |estimate - IWD| <= bound x IWD.
 
     Epsilon falls geometrically (x0.7 per pass, x0.9 below a tenth of the mean nearest-patch cost) from
-    the largest cost to ESTIMATE_FLOOR of that cost; once below a tenth of it, the bracket is checked
-    every 5 passes, and its lower end returned once its relative width is below `tolerance`, or after
-    MAX_PASSES with the bound it has then: percents to tens of percents for shifted, rotated or
-    re-arranged pairs, whose plans converge slowly at small epsilon, though the lower end itself lies
-    within a few percent (benchmarks/results/measure_speed_estimate*.md). The bound includes
+    the largest cost to ESTIMATE_FLOOR of that cost. Once it is below the mean nearest-patch cost, the
+    potentials seed a matching (_seeded_matching), whose cost in float64 is returned, the bound its gap to the
+    matching's dual bound.
+    Without one (no numba, or its auction ran out of bids) the passes go on, the Sinkhorn bracket is
+    checked every 5 passes below a tenth of that cost, and its lower end returned once its relative
+    width is below `tolerance`, or after MAX_PASSES: percents below IWD for shifted, rotated or
+    re-arranged pairs of flat photos, whose plans converge slowly at small epsilon. The bound includes
     FLOAT32_ALLOWANCE x the largest cost.
     """
     import torch
@@ -615,9 +732,21 @@ def estimate_iwd(
     # Every check's bracket is valid, so the estimate keeps the best ends seen: at small epsilon the
     # rounded plan of a moved pair can be worse than an earlier one.
     lower, upper = 0.0, math.inf
+    matching = graph_auction is not None
     for iteration in range(1, MAX_PASSES + 1):
         f, g = _sinkhorn_pass(cost, f, g, eps)
         eps = max(floor, eps * (0.7 if eps >= fine else 0.9))
+        if matching and eps < nearest:
+            found = _seeded_matching(cost, g, eps)
+            if found is not None:
+                # The matching's own cost in float64: an upper bound on IWD, the float32 one's rounding undone.
+                columns, lower = found
+                matched = torch.from_numpy(columns).to(u.device)
+                value = float(
+                    (patches(x.double(), patch, stride) - patches(y.double(), patch, stride)[matched]).abs().mean()
+                )
+                return value, (max(value - lower, 0.0) + FLOAT32_ALLOWANCE * largest) / max(lower, 1e-300)
+            matching = False  # the bracket's passes go on
         if eps < fine and (iteration % 5 == 0 or iteration == MAX_PASSES):
             checked_lower, checked_upper = _bracket(cost, f, g, eps)
             lower, upper = max(lower, checked_lower), min(upper, checked_upper)
