@@ -96,7 +96,8 @@ EXACT_MEMORY_BYTES = 8 * 2**30
 # The estimate keeps its float32 cost matrix when it takes at most this many bytes (a 224 x 224 image
 # at stride 1: 47,524 patches, 9 GB), else it recomputes cost blocks in every pass.
 STORED_COST_BYTES = 12 * 2**30
-# The estimate stops once its bracket is this narrow (relative width), or after MAX_PASSES.
+# The estimate stops once its bound is this narrow (relative width): the matching's rounds, or without
+# them the Sinkhorn bracket, for at most MAX_PASSES.
 ESTIMATE_TOLERANCE = 1e-3
 MAX_PASSES = 150
 # Epsilon's floor, relative to the mean nearest-patch cost. Below a tenth of that cost epsilon falls by
@@ -108,13 +109,15 @@ MAX_PASSES = 150
 ESTIMATE_FLOOR = 1e-3
 # The estimate's matching (_seeded_matching), tried once epsilon falls below the mean nearest-patch cost
 # (10-13 passes), starts from a graph of the CANDIDATES smallest reduced costs of every row and column;
-# each pricing round adds as many for every row that breaks the duals, for at most MATCHING_ROUNDS
-# rounds. 224 px, stride 4, nips17 photo 601 (scratch runs): the matching's cost lay within 2e-8 of
-# IWD on its shifted, rotated, re-arranged and Gaussian-noise pairs in 2.1-2.6 s on 2 CPU cores, where
-# the Sinkhorn bracket's lower end after 150 passes (50-60 s) was 0.9-4.0% below it. Tried at a tenth
-# of that cost (16-20 passes) or after 30: the same values, 3.6-4.4 and 8.3-8.5 s.
-CANDIDATES = 16
-MATCHING_ROUNDS = 8
+# each pricing round adds as many for every row that breaks the duals, until the bound meets the
+# estimate's tolerance, for at most MATCHING_ROUNDS rounds. 224 px, stride 4, nips17 photo 601 (scratch
+# runs, 16 candidates, to no broken row): the matching's float64 cost equal to IWD on every kind (within
+# 4e-12), 2.2-3.1 s on 2 CPU cores, where the Sinkhorn bracket's lower end after 150 passes (50-60 s)
+# was up to 4.0% below it. Tried at a tenth of that cost (16-20 passes) or after 30 passes: the same
+# values, 3.6-4.4 and 8.3-8.5 s. At stride 2 (12,100 patches) the re-arranged pair needed 20 rounds
+# with 16 candidates, 13 with 32 and 8 with 64 (47, 51 and 61 s on the CPU), the shifted one 15 with 16.
+CANDIDATES = 32
+MATCHING_ROUNDS = 30
 # Added to the estimate's bound, in units of the largest cost: the float32 cost matrix and sums resolve
 # the bracket's ends to a few units in the last place of the costs.
 FLOAT32_ALLOWANCE = 8 * 2.0**-24
@@ -630,7 +633,7 @@ def _candidates(cost: _CostRows, prices: torch.Tensor, k: int, by_column: bool) 
     return smallest, row_columns, row_costs, best_rows, best_costs, diagonal
 
 
-def _seeded_matching(cost: _CostRows, g: torch.Tensor, eps: float) -> tuple[np.ndarray, float] | None:
+def _seeded_matching(cost: _CostRows, g: torch.Tensor, eps: float, tolerance: float) -> tuple[np.ndarray, float] | None:
     """A perfect matching of the rows to the columns (columns[row]) and a dual lower bound on IWD, from
     Sinkhorn's column potential g, or None where numba is absent or the auction runs out of bids.
 
@@ -641,8 +644,9 @@ def _seeded_matching(cost: _CostRows, g: torch.Tensor, eps: float) -> tuple[np.n
     follow as in the exact route (assignment.graph_optimum). A pass over the whole matrix gives the
     dual bound mean_i min_j (C_ij - v_j) + mean v; the rows whose minimum lies below their matched
     entry's reduced cost bring their CANDIDATES smallest into the graph, which is solved again
-    (pricing), for at most MATCHING_ROUNDS rounds; each round's optimum costs no more than the last.
-    When no row breaks them, the matching is optimal for the float32 matrix and the dual bound its cost."""
+    (pricing), until the matching's cost is within `tolerance` of the dual bound (relative), or for at
+    most MATCHING_ROUNDS rounds; each round's optimum costs no more than the last. When no row breaks
+    the duals, the matching is optimal for the float32 matrix and the dual bound its cost."""
     if graph_auction is None:
         return None
     import torch
@@ -683,7 +687,8 @@ def _seeded_matching(cost: _CostRows, g: torch.Tensor, eps: float) -> tuple[np.n
         row_minima = smallest.cpu().numpy()  # min_j (C_ij - v_j)
         lower = max(lower, float(row_minima.mean() + duals.mean()))
         violated = np.flatnonzero(row_minima < matched_costs - duals[matched] - 1e-12)
-        if len(violated) == 0 or round_ == MATCHING_ROUNDS - 1:
+        close = matched_costs.mean() - lower <= tolerance * lower
+        if len(violated) == 0 or close or round_ == MATCHING_ROUNDS - 1:
             break
         new_keys = (violated[:, None] * count + row_columns.cpu().numpy()[violated]).ravel()
         new_costs = row_costs.double().cpu().numpy()[violated].ravel()
@@ -737,7 +742,7 @@ def estimate_iwd(
         f, g = _sinkhorn_pass(cost, f, g, eps)
         eps = max(floor, eps * (0.7 if eps >= fine else 0.9))
         if matching and eps < nearest:
-            found = _seeded_matching(cost, g, eps)
+            found = _seeded_matching(cost, g, eps, tolerance)
             if found is not None:
                 # The matching's own cost in float64: an upper bound on IWD, the float32 one's rounding undone.
                 columns, lower = found
