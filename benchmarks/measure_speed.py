@@ -148,7 +148,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
         make_pairs(
-            folder, max(arguments.pairs, arguments.big_pairs, arguments.estimate_pairs), arguments.first, arguments.darkest
+            folder,
+            max(arguments.pairs, arguments.big_pairs, arguments.estimate_pairs),
+            arguments.first,
+            arguments.darkest,
         )
         for size, count, size_kinds in (
             (64, arguments.pairs, kinds),
@@ -184,7 +187,9 @@ def main() -> None:
             ]
         for kind in estimate_kinds:
             for name in sorted((folder / kind / "orig").glob("*.png"))[: arguments.estimate_pairs]:
-                pair = analysis_view(torch.stack([load_image(name), load_image(folder / kind / "adv" / name.name)]), 224)
+                pair = analysis_view(
+                    torch.stack([load_image(name), load_image(folder / kind / "adv" / name.name)]), 224
+                )
                 start = time.perf_counter()
                 exact = exact_iwd(pair[0], pair[1], 7, 4)
                 exact_seconds = time.perf_counter() - start

@@ -21,14 +21,16 @@ cost matrix: a few passes of log-domain Sinkhorn with epsilon scaling, then a ma
 potential. The potential singles out a sparse graph of candidate pairs (the few smallest reduced
 costs of every patch, and the patches at the same place); its optimal matching, solved on the CPU by
 the exact route's auction and dual repair, is checked against the whole matrix, and rows that break
-its duals add their candidates until none does (pricing, as the exact route certifies its float32
-matrix). The estimate is the matching's cost, an upper bound, and `bound` its gap to the duals' value (a
-lower bound) relative to that value, plus float32 rounding, so |estimate - IWD| <= bound * IWD always.
-At 224 px, stride 4 (nips17 photo 601, scratch runs) the estimate lay within 2e-8 of IWD on every kind
-of pair, where the Sinkhorn bracket's lower end after 150 passes, the estimate before the matching,
-was up to 4% below it on shifted, rotated and re-arranged pairs, and its rounded plan (Altschuler,
-Weed and Rigollet 2017: the bracket's upper end) up to 44% above. Without numba the estimate is that
-lower end.
+its duals add their candidates until the gap meets a tolerance or none does (pricing, as the exact
+route certifies its float32 matrix). The estimate is the matching's cost in float64, an upper bound,
+and `bound` its gap to the duals' value (a lower bound) relative to that value, plus float32 rounding,
+so |estimate - IWD| <= bound * IWD always. At 224 px, stride 4, nips17 photos 600-603, every kind of
+pair, the default tolerance (1e-3): errors 0 to +3.0e-4, within their bounds (at most 8.8e-4;
+benchmarks/results/measure_speed_estimate_matching.md); priced to the end (tolerance 0), equal to IWD
+within 4e-12 (photo 601). The Sinkhorn bracket's lower end after 150 passes, the estimate before the
+matching, was up to 4% below IWD on shifted, rotated and re-arranged pairs, and its rounded plan
+(Altschuler, Weed and Rigollet 2017: the bracket's upper end) up to 44% above. Without numba the
+estimate is that lower end.
 """
 
 from __future__ import annotations
@@ -109,13 +111,14 @@ MAX_PASSES = 150
 ESTIMATE_FLOOR = 1e-3
 # The estimate's matching (_seeded_matching), tried once epsilon falls below the mean nearest-patch cost
 # (10-13 passes), starts from a graph of the CANDIDATES smallest reduced costs of every row and column;
-# each pricing round adds as many for every row that breaks the duals, until the bound meets the
-# estimate's tolerance, for at most MATCHING_ROUNDS rounds. 224 px, stride 4, nips17 photo 601 (scratch
+# each pricing round adds as many for every row and column that breaks the duals, until the bound meets
+# the estimate's tolerance, for at most MATCHING_ROUNDS rounds. 224 px, stride 4, nips17 photo 601 (scratch
 # runs, 16 candidates, to no broken row): the matching's float64 cost equal to IWD on every kind (within
 # 4e-12), 2.2-3.1 s on 2 CPU cores, where the Sinkhorn bracket's lower end after 150 passes (50-60 s)
 # was up to 4.0% below it. Tried at a tenth of that cost (16-20 passes) or after 30 passes: the same
-# values, 3.6-4.4 and 8.3-8.5 s. At stride 2 (12,100 patches) the re-arranged pair needed 20 rounds
-# with 16 candidates, 13 with 32 and 8 with 64 (47, 51 and 61 s on the CPU), the shifted one 15 with 16.
+# values, 3.6-4.4 and 8.3-8.5 s. At stride 2 (12,100 patches), priced to the end, the re-arranged pair
+# needed 20 rounds with 16 candidates, 13 with 32 and 8 with 64 (47, 51 and 61 s on the CPU) when only
+# rows brought theirs, and 5 with 32 once columns did too.
 CANDIDATES = 32
 MATCHING_ROUNDS = 30
 # Added to the estimate's bound, in units of the largest cost: the float32 cost matrix and sums resolve
@@ -596,15 +599,19 @@ def _bracket(cost: _CostRows, f: torch.Tensor, g: torch.Tensor, eps: float) -> t
     return lower, max(upper, lower)
 
 
-def _candidates(cost: _CostRows, prices: torch.Tensor, k: int, by_column: bool) -> tuple[torch.Tensor, ...]:
+def _candidates(
+    cost: _CostRows, prices: torch.Tensor, k: int, row_duals: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
     """One pass over the matrix under column prices p (float64): per row, the smallest C_ij + p_j
     (float64, from the float32 entry) and the k columns with the smallest C_ij + p_j and their costs;
-    with `by_column`, also per column the k rows with the smallest reduced cost C_ij + p_j - f_i and
-    their costs ((k, n) each), and the diagonal C_ii."""
+    per column, the k rows with the smallest reduced cost C_ij + p_j - u_i (u: `row_duals`, by default
+    each row's smallest C_ij + p_j) and their costs ((k, n) each); and the diagonal C_ii."""
     import torch
 
     count, k = cost.count, min(k, cost.count)
-    ranking = (prices - prices.min()).float()  # ranks in float32: the matrix's own precision
+    shift = prices.min()
+    ranking = (prices - shift).float()  # ranks in float32: the matrix's own precision
+    offsets = None if row_duals is None else (row_duals - shift).float()
     smallest = torch.empty(count, dtype=torch.float64, device=prices.device)
     row_columns = torch.empty((count, k), dtype=torch.int64, device=prices.device)
     row_costs = torch.empty((count, k), device=prices.device)
@@ -617,19 +624,17 @@ def _candidates(cost: _CostRows, prices: torch.Tensor, k: int, by_column: bool) 
         row_columns[start:stop] = columns
         row_costs[start:stop] = rows.gather(1, columns)
         smallest[start:stop] = row_costs[start:stop, 0].double() + prices[columns[:, 0]]
-        if by_column:
-            diagonal[start:stop] = rows.diagonal(offset=start)
-            reduced, offsets = (scores - values[:, :1]).topk(min(k, len(rows)), dim=0, largest=False)
-            block_rows, block_costs = offsets + start, rows.gather(0, offsets)
-            if best_reduced is not None:
-                reduced = torch.cat([best_reduced, reduced])
-                block_rows = torch.cat([best_rows, block_rows])
-                block_costs = torch.cat([best_costs, block_costs])
-                reduced, kept = reduced.topk(k, dim=0, largest=False)
-                block_rows, block_costs = block_rows.gather(0, kept), block_costs.gather(0, kept)
-            best_reduced, best_rows, best_costs = reduced, block_rows, block_costs
-    if not by_column:
-        return smallest, row_columns, row_costs
+        diagonal[start:stop] = rows.diagonal(offset=start)
+        row_offsets = values[:, :1] if offsets is None else offsets[start:stop, None]
+        reduced, positions = (scores - row_offsets).topk(min(k, len(rows)), dim=0, largest=False)
+        block_rows, block_costs = positions + start, rows.gather(0, positions)
+        if best_reduced is not None:
+            reduced = torch.cat([best_reduced, reduced])
+            block_rows = torch.cat([best_rows, block_rows])
+            block_costs = torch.cat([best_costs, block_costs])
+            reduced, kept = reduced.topk(k, dim=0, largest=False)
+            block_rows, block_costs = block_rows.gather(0, kept), block_costs.gather(0, kept)
+        best_reduced, best_rows, best_costs = reduced, block_rows, block_costs
     return smallest, row_columns, row_costs, best_rows, best_costs, diagonal
 
 
@@ -652,7 +657,7 @@ def _seeded_matching(cost: _CostRows, g: torch.Tensor, eps: float, tolerance: fl
     import torch
 
     count = cost.count
-    _, row_columns, row_costs, column_rows, column_costs, diagonal = _candidates(cost, (-g).double(), CANDIDATES, True)
+    _, row_columns, row_costs, column_rows, column_costs, diagonal = _candidates(cost, (-g).double(), CANDIDATES)
     indices = torch.arange(count, device=g.device)
     row_keys = indices[:, None] * count + row_columns
     column_keys = column_rows * count + indices[None, :]
@@ -664,18 +669,11 @@ def _seeded_matching(cost: _CostRows, g: torch.Tensor, eps: float, tolerance: fl
     indptr = np.searchsorted(rows, np.arange(count + 1))
     eps_end = FINAL_TOTAL_GAP / count
     jump = float(edge_costs.max() - edge_costs.min()) + 1.0
+    start = np.full(count, -1, dtype=np.int64)
+    prices = (-g).double().cpu().numpy()
+    bids = GRAPH_BIDS_PER_ROW * count
     assigned, prices, complete = graph_auction(
-        count,
-        indptr,
-        columns,
-        edge_costs,
-        np.full(count, -1, dtype=np.int64),
-        (-g).double().cpu().numpy(),
-        max(eps, eps_end),
-        eps_end,
-        SCALING,
-        jump,
-        GRAPH_BIDS_PER_ROW * count,
+        count, indptr, columns, edge_costs, start, prices, max(eps, eps_end), eps_end, SCALING, jump, bids
     )
     if not complete:
         return None
@@ -683,19 +681,36 @@ def _seeded_matching(cost: _CostRows, g: torch.Tensor, eps: float, tolerance: fl
     lower = -math.inf
     for round_ in range(MATCHING_ROUNDS):
         matched_costs = edge_costs[np.searchsorted(keys, np.arange(count) * count + matched)]
-        smallest, row_columns, row_costs = _candidates(cost, torch.from_numpy(-duals).to(g.device), CANDIDATES, False)
+        row_duals = matched_costs - duals[matched]
+        smallest, row_columns, row_costs, column_rows, column_costs, _ = _candidates(
+            cost, torch.from_numpy(-duals).to(g.device), CANDIDATES, torch.from_numpy(row_duals).to(g.device)
+        )
         row_minima = smallest.cpu().numpy()  # min_j (C_ij - v_j)
         lower = max(lower, float(row_minima.mean() + duals.mean()))
-        violated = np.flatnonzero(row_minima < matched_costs - duals[matched] - 1e-12)
+        # Rows with an entry below their dual, and columns with one below theirs (a column priced too
+        # low draws many rows: its own candidates settle it in fewer rounds).
+        violated_rows = np.flatnonzero(row_minima < row_duals - 1e-12)
+        column_rows, column_costs = column_rows.cpu().numpy(), column_costs.double().cpu().numpy()
+        violated_columns = np.flatnonzero(column_costs[0] - duals - row_duals[column_rows[0]] < -1e-12)
         close = matched_costs.mean() - lower <= tolerance * lower
-        if len(violated) == 0 or close or round_ == MATCHING_ROUNDS - 1:
+        if len(violated_rows) + len(violated_columns) == 0 or close or round_ == MATCHING_ROUNDS - 1:
             break
-        new_keys = (violated[:, None] * count + row_columns.cpu().numpy()[violated]).ravel()
-        new_costs = row_costs.double().cpu().numpy()[violated].ravel()
+        new_keys = np.concatenate(
+            [
+                (violated_rows[:, None] * count + row_columns.cpu().numpy()[violated_rows]).ravel(),
+                (column_rows[:, violated_columns] * count + violated_columns[None, :]).ravel(),
+            ]
+        )
+        new_costs = np.concatenate(
+            [row_costs.double().cpu().numpy()[violated_rows].ravel(), column_costs[:, violated_columns].ravel()]
+        )
         keys, first = np.unique(np.concatenate([keys, new_keys]), return_index=True)
         edge_costs = np.concatenate([edge_costs, new_costs])[first]
         rows, columns = keys // count, keys % count
         indptr = np.searchsorted(rows, np.arange(count + 1))
+        # Successive shortest paths from the last optimum and its duals change them least: re-solving
+        # with the auction instead moved the duals each round, and the re-arranged pair at stride 2
+        # still had 80 rows breaking them after 30 rounds (5 rounds this way).
         matched, duals = shortest_paths_finish(count, indptr, columns, edge_costs, duals, matched)
     return matched, lower
 
@@ -708,13 +723,12 @@ def estimate_iwd(
 
     Epsilon falls geometrically (x0.7 per pass, x0.9 below a tenth of the mean nearest-patch cost) from
     the largest cost to ESTIMATE_FLOOR of that cost. Once it is below the mean nearest-patch cost, the
-    potentials seed a matching (_seeded_matching), whose cost in float64 is returned, the bound its gap to the
-    matching's dual bound.
-    Without one (no numba, or its auction ran out of bids) the passes go on, the Sinkhorn bracket is
-    checked every 5 passes below a tenth of that cost, and its lower end returned once its relative
-    width is below `tolerance`, or after MAX_PASSES: percents below IWD for shifted, rotated or
-    re-arranged pairs of flat photos, whose plans converge slowly at small epsilon. The bound includes
-    FLOAT32_ALLOWANCE x the largest cost.
+    potentials seed a matching (_seeded_matching), whose cost in float64 is returned, with its gap to
+    the matching's dual bound as the bound. Without one (no numba, or its auction ran out of bids) the
+    passes go on, the Sinkhorn bracket is checked every 5 passes below a tenth of that cost, and its
+    lower end returned once its relative width is below `tolerance`, or after MAX_PASSES: percents
+    below IWD for shifted, rotated or re-arranged pairs of flat photos, whose plans converge slowly at
+    small epsilon. The bound includes FLOAT32_ALLOWANCE x the largest cost.
     """
     import torch
 
