@@ -25,7 +25,7 @@ its duals add their candidates until the gap meets a tolerance or none does (pri
 route certifies its float32 matrix). The estimate is the matching's cost in float64, an upper bound,
 and `bound` its gap to the duals' value (a lower bound) relative to that value, plus float32 rounding,
 so |estimate - IWD| <= bound * IWD always. At 224 px, stride 4, nips17 photos 600-603, every kind of
-pair, the default tolerance (1e-3): errors 0 to +3.0e-4, within their bounds (at most 8.8e-4;
+pair, the default tolerance (1e-3): errors 0 to +2.6e-4, within their bounds (at most 8.7e-4;
 benchmarks/results/measure_speed_estimate_matching.md); priced to the end (tolerance 0), equal to IWD
 within 4e-12 (photo 601). The Sinkhorn bracket's lower end after 150 passes, the estimate before the
 matching, was up to 4% below IWD on shifted, rotated and re-arranged pairs, and its rounded plan
