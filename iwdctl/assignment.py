@@ -518,8 +518,8 @@ def _graph_auction(count, indptr, indices, costs, assigned, prices, eps_start, e
     """The forward auction of _auction on a sparse graph (CSR rows) with its exact costs, carried on from
     an assignment (-1: none; one row per column) and prices down to a smaller epsilon: each phase keeps
     the rows that meet its epsilon-complementary slackness and rebids the others. A row with one edge
-    raises its price by `jump`. Returns (assigned, prices, True), or (.., False) past `bids` bids (a graph without a
-    perfect matching would bid forever)."""
+    raises its price by `jump`. Returns (assigned, prices, True), or (.., False) past `bids` bids (a
+    graph without a perfect matching would bid forever)."""
     prices = prices.copy()
     assigned = assigned.copy()
     owner = np.full(count, -1, dtype=np.int64)

@@ -647,11 +647,12 @@ def _seeded_matching(cost: _CostRows, g: torch.Tensor, eps: float, tolerance: fl
     JPEG pair, 2995 of 3025 rows matched at most) they form a sparse graph, which the forward auction
     (assignment.graph_auction, started at Sinkhorn's epsilon) matches, and whose optimum and duals v
     follow as in the exact route (assignment.graph_optimum). A pass over the whole matrix gives the
-    dual bound mean_i min_j (C_ij - v_j) + mean v; the rows whose minimum lies below their matched
-    entry's reduced cost bring their CANDIDATES smallest into the graph, which is solved again
-    (pricing), until the matching's cost is within `tolerance` of the dual bound (relative), or for at
-    most MATCHING_ROUNDS rounds; each round's optimum costs no more than the last. When no row breaks
-    the duals, the matching is optimal for the float32 matrix and the dual bound its cost."""
+    dual bound mean_i min_j (C_ij - v_j) + mean v, and the rows and columns with an entry of negative
+    reduced cost C_ij - u_i - v_j (u_i: row i's matched entry less its column's dual) bring their
+    CANDIDATES smallest into the graph, which is solved again (pricing), until the matching's cost is
+    within `tolerance` of the dual bound (relative), or for at most MATCHING_ROUNDS rounds; each
+    round's optimum costs no more than the last. When no entry breaks the duals, the matching is
+    optimal for the float32 matrix and the dual bound its cost."""
     if graph_auction is None:
         return None
     import torch
