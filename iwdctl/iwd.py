@@ -756,15 +756,18 @@ def estimate_iwd(
     for iteration in range(1, MAX_PASSES + 1):
         f, g = _sinkhorn_pass(cost, f, g, eps)
         eps = max(floor, eps * (0.7 if eps >= fine else 0.9))
-        if matching and eps < nearest:
+        if matching and eps < max(nearest, ESTIMATE_FLOOR * largest):  # the latter where patches repeat
             found = _seeded_matching(cost, g, eps, tolerance)
             if found is not None:
                 # The matching's own cost in float64: an upper bound on IWD, the float32 one's rounding undone.
                 columns, lower = found
+                lower = max(lower, nearest)  # each patch's nearest cost bounds its matched one from below
                 matched = torch.from_numpy(columns).to(u.device)
                 value = float(
                     (patches(x.double(), patch, stride) - patches(y.double(), patch, stride)[matched]).abs().mean()
                 )
+                if value == 0.0:
+                    return 0.0, 0.0  # a matching of zero cost: IWD is 0 exactly (costs are not negative)
                 return value, (max(value - lower, 0.0) + FLOAT32_ALLOWANCE * largest) / max(lower, 1e-300)
             matching = False  # the bracket's passes go on
         if eps < fine and (iteration % 5 == 0 or iteration == MAX_PASSES):

@@ -471,6 +471,7 @@ def test_the_estimate_is_a_matching_within_rounding_of_iwd():
         assert -1e-15 <= estimate - exact <= bound * exact and bound < 2e-3, kind
     value = iwd_pair(x.float(), y.float(), size=0, approx=True)
     assert value.exact is False and 0 < value.bound < 1e-3
+    assert estimate_iwd(x, x) == (0.0, 0.0)  # a matching of zero cost: exact, not an infinite relative bound
 
 
 def test_the_matchings_pricing_reaches_iwd_from_a_thin_graph(monkeypatch):
