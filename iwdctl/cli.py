@@ -252,7 +252,7 @@ def measure_command(
                 )
     console.print(table)
     if approximate:
-        console.print(f"[yellow]≈ {approximate} IWD values are entropic estimates, not exact[/]")
+        console.print(f"[yellow]≈ {approximate} IWD values are estimates (bound in iwd_bound), not exact[/]")
     if len(results) > 1:
         from iwdctl.console import text_histogram
 
@@ -321,7 +321,7 @@ def attack_command(
     batch_size: BatchSizeOption = None,
     workers: WorkersOption = None,
     iwd: Annotated[
-        str, typer.Option(help="The report's IWD: exact, approx (entropic estimate with a bound) or none.")
+        str, typer.Option(help="The report's IWD: exact, approx (an estimate with a certified bound) or none.")
     ] = "exact",
     weights: WeightsOption = None,
     device: DeviceOption = None,

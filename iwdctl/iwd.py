@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 
 # The exact value on a CPU runs on NumPy arrays: `iwdctl measure` does not import torch there (2 s of
 # its start-up; it loads POT, the fallback solver, without POT's torch backend). torch (imported
-# where used) serves tensors on a device and the entropic estimate.
+# where used) serves tensors on a device and the estimate.
 
 # Above this many patches (more than 38 x 38 pixels at 7 x 7) the dense matrix is stored in float32
 # and the optimum certified with exact costs (min_cost_assignment_within): half the memory traffic made
@@ -91,7 +91,7 @@ DIRECT_COSTS_SHARE = 0.4
 # what the auction gains. Whole process at 128 px: benchmarks/results/big_iwd_block_order*.md.
 BLOCK_ORDER_PATCHES = 8000
 # Up to this many patches per image IWD is exact by default (a 128 x 128 image at stride 1 has 14884,
-# a 2.1 GB float64 cost matrix at the limit); past it `iwd` returns the entropic estimate and says so.
+# a 2.1 GB float64 cost matrix at the limit); past it `iwd` returns the estimate and says so.
 EXACT_LIMIT = 16384
 # Exact IWD holds a dense float64 cost matrix; larger ones are refused (8 GB: 32768 patches).
 EXACT_MEMORY_BYTES = 8 * 2**30
@@ -501,7 +501,7 @@ def iwd_lower_bound(x: Any, y: Any, patch: int = 7) -> float:
     return bound
 
 
-# ----- the entropic estimate --------------------------------------------------------------------
+# ----- the estimate: Sinkhorn potentials, then a priced matching ------------------------------------
 
 
 class _CostRows:
@@ -801,7 +801,7 @@ def iwd_pair(
     """IWD of one pair (3, H, W), tensors or NumPy arrays, at full resolution; `approx` None: exact up
     to EXACT_LIMIT patches.
 
-    On a GPU `device` (default: CUDA when present) holds the entropic estimate's cost blocks. The
+    On a GPU `device` (default: CUDA when present) holds the estimate's cost blocks. The
     exact value is computed from NumPy arrays on the CPU wherever the numba kernels are present: on an
     H200 host that route took 1.0-1.3 s per 64 px pair and the matrix built on the GPU 3.2-4.0 s
     (`benchmarks/results/measure_speed_cuda.md`); without them the GPU builds the matrix.
@@ -839,7 +839,7 @@ def iwd(
 ) -> torch.Tensor:
     """IWD between images x and y: (3, H, W) or batches (N, 3, H, W) in [0, 1]; float64 values on the CPU.
 
-    Exact by default. `approx=True` forces the entropic estimate; `approx=None` uses it only past
+    Exact by default. `approx=True` forces the estimate; `approx=None` uses it only past
     EXACT_LIMIT patches per image, with a warning, since an approximation is never silent.
     """
     import torch
@@ -849,6 +849,6 @@ def iwd(
         raise InputError(f"x and y differ in shape: {tuple(x.shape)} and {tuple(y.shape)}")
     results = [iwd_pair(a, b, patch, stride, size, approx, device) for a, b in zip(batch_x, batch_y)]
     if approx is None and not all(result.exact for result in results):
-        warnings.warn("IWD past the exact-size limit: entropic (Sinkhorn) estimate returned", stacklevel=2)
+        warnings.warn("IWD past the exact-size limit: estimate returned (estimate_iwd gives its bound)", stacklevel=2)
     values = torch.tensor([result.value for result in results], dtype=torch.float64)
     return values[0] if x.dim() == 3 else values

@@ -56,7 +56,7 @@ class AttackSettings:
     use_sample_targets: bool = False  # targets from the CSV (--targets-from)
     batch_size: int = 16
     workers: int = 0  # DataLoader processes that decode and resize
-    iwd: str = "exact"  # the report's IWD: exact, approx (entropic estimate) or none
+    iwd: str = "exact"  # the report's IWD: exact, approx (an estimate with a certified bound) or none
     # Threads that save, re-read and measure beside an attack on a GPU (on a CPU: every core, in bursts).
     writers: int = field(default_factory=lambda: max(1, cpu_threads() - 1))
 
