@@ -2,8 +2,8 @@
 
 Pairs made from nips17 photos at lite0's 224 x 224 view (sign noise 8/255, Gaussian noise 0.03,
 Gaussian blur, JPEG q30, a 3-pixel shift, a 3-degree rotation, a 4 x 4 block re-arrangement). For
-each: seconds per pair (after one warm-up pair), the estimate and its certified relative error bound
-(|estimate - IWD| <= bound x IWD; iwdctl.iwd). Meant for a GPU, where the 47k x 47k float32 cost
+each: seconds per pair (after an untimed warm-up on a 64 x 64 crop), the estimate and its certified
+relative error bound (|estimate - IWD| <= bound x IWD; iwdctl.iwd). Meant for a GPU, where the 47k x 47k float32 cost
 matrix (9 GB) is kept on the device or streamed in row blocks. With `--stride 2` (12,100 patches)
 exact IWD is computed too (CPU), and the estimate's error against it.
 

@@ -674,15 +674,19 @@ def _seeded_matching(cost: _CostRows, g: torch.Tensor, eps: float, tolerance: fl
     indptr = np.searchsorted(rows, np.arange(count + 1))
     eps_end = FINAL_TOTAL_GAP / count
     jump = float(edge_costs.max() - edge_costs.min()) + 1.0
-    start = np.full(count, -1, dtype=np.int64)
-    prices = (-g).double().cpu().numpy()
     bids = GRAPH_BIDS_PER_ROW * count
-    assigned, prices, complete = graph_auction(
-        count, indptr, columns, edge_costs, start, prices, max(eps, eps_end), eps_end, SCALING, jump, bids
-    )
-    if not complete:
+
+    def auctioned(assigned: np.ndarray, prices: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The current graph's optimum and duals: the auction from this start, then graph_optimum."""
+        assigned, prices, complete = graph_auction(
+            count, indptr, columns, edge_costs, assigned, prices, max(eps, eps_end), eps_end, SCALING, jump, bids
+        )
+        return graph_optimum(rows, columns, edge_costs, assigned, prices) if complete else None
+
+    found = auctioned(np.full(count, -1, dtype=np.int64), (-g).double().cpu().numpy())
+    if found is None:
         return None
-    matched, duals = graph_optimum(rows, columns, edge_costs, assigned, prices)
+    matched, duals = found
     lower = -math.inf
     for round_ in range(MATCHING_ROUNDS):
         matched_costs = edge_costs[np.searchsorted(keys, np.arange(count) * count + matched)]
@@ -719,15 +723,11 @@ def _seeded_matching(cost: _CostRows, g: torch.Tensor, eps: float, tolerance: fl
         # lost its column: 75 s in the first round at stride 1 (47,524 patches). So the first rounds,
         # where many rows break the duals, are re-solved by the auction from the last prices, and the
         # rest by shortest paths (auction rounds alone cycled on a thin graph without closing the gap).
-        if round_ < AUCTION_ROUNDS and len(violated_rows) + len(violated_columns) > AUCTION_SHARE * count:
-            prices = -duals
-            assigned, prices, complete = graph_auction(
-                count, indptr, columns, edge_costs, matched, prices, max(eps, eps_end), eps_end, SCALING, jump, bids
-            )
-            if complete:
-                matched, duals = graph_optimum(rows, columns, edge_costs, assigned, prices)
-                continue
-        matched, duals = shortest_paths_finish(count, indptr, columns, edge_costs, duals, matched)
+        many = round_ < AUCTION_ROUNDS and len(violated_rows) + len(violated_columns) > AUCTION_SHARE * count
+        found = auctioned(matched, -duals) if many else None
+        if found is None:
+            found = shortest_paths_finish(count, indptr, columns, edge_costs, duals, matched)
+        matched, duals = found
     return matched, lower
 
 

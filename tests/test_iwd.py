@@ -476,7 +476,8 @@ def test_the_estimate_is_a_matching_within_rounding_of_iwd():
 
 def test_the_matchings_pricing_reaches_iwd_from_a_thin_graph(monkeypatch):
     """With one candidate per row and column the first graph holds little besides the diagonal; the
-    rounds that add the candidates of rows breaking the duals still end at IWD (another photo, 36 px)."""
+    rounds that add the candidates of rows and columns breaking the duals still end at IWD (another
+    photo, 36 px)."""
     import importlib
 
     engine = importlib.import_module("iwdctl.iwd")
