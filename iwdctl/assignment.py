@@ -287,9 +287,14 @@ def _edges_below(cost, row_duals, column_duals, absolute, relative, floors, dual
                     > absolute + FLOOR_MARGIN
                 ):
                     continue
+                # The test reads the block through slices: indexed as values[column], numba compiled it to
+                # gathers, a pass 2-3.5x slower (128 px: 0.32-0.35 s against 0.10-0.11 s on one thread).
                 found = False
-                for column in range(block, block + SCAN_BLOCK):
-                    found |= values[column] - dual - column_duals[column] <= absolute + relative * values[column]
+                block_values = values[block : block + SCAN_BLOCK]
+                block_duals = column_duals[block : block + SCAN_BLOCK]
+                for offset in range(SCAN_BLOCK):
+                    value = block_values[offset]
+                    found |= value - dual - block_duals[offset] <= absolute + relative * value
                 if not found:
                     continue
             for column in range(block, end):
