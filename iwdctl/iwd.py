@@ -267,11 +267,12 @@ SPARSE_GIVE_UP_SHARE = 0.1
 EXACT_PRICING_ROWS = 256
 
 
-def _violated_in_rows(
+def _exactly_priced(
     u: np.ndarray, v: np.ndarray, rows: np.ndarray, row_duals: np.ndarray, column_duals: np.ndarray
 ) -> np.ndarray:
-    """Keys (row x N + column) of the entries of `rows` whose exact reduced cost is negative, and of each
-    such row's SPARSE_CANDIDATES[-1] smallest reduced costs (the next rounds' violations, often)."""
+    """Keys (row x N + column) of the entries that join the sparse graph from `rows`, priced exactly over
+    every column: those whose reduced cost is negative, and each such row's SPARSE_CANDIDATES[-1]
+    smallest reduced costs (the next rounds' violations, often)."""
     count = len(v)
     found = []
     for row in rows:
@@ -354,13 +355,14 @@ def _sparse_optimum(
         # Rows whose unlisted entries may be violated too (the float32 sums cannot clear them): a few
         # are priced exactly over every column; more, and their whole lists join the graph.
         short = row_duals > (priced_sums[:, -1].astype(np.float64) - error) / terms - 1e-15
-        # A row with a violated entry brings its whole list: fewer rounds (4-6 instead of 8 or more on
-        # the 128 px pairs that needed them).
+        # A row with a violated entry brings its whole list. With violated entries alone, 8 sweeps left
+        # 128 px pairs such as photo 950's JPEG and PGD ones slower than the dense route (scratch runs);
+        # with whole lists they were certified in 4-6.
         broken = np.zeros(count, dtype=bool)
         broken[listed_rows[violated]] = True
         joining, exactly = broken[listed_rows], np.empty(0, dtype=np.int64)
         if np.count_nonzero(short) <= EXACT_PRICING_ROWS:
-            exactly = _violated_in_rows(u, v, np.flatnonzero(short), row_duals, column_duals)
+            exactly = _exactly_priced(u, v, np.flatnonzero(short), row_duals, column_duals)
         else:
             joining |= short[listed_rows]
         if not joining.any() and not len(exactly):

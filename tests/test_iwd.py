@@ -15,7 +15,7 @@ from iwdctl.costs import cost_matrix, cost_matrix_torch, row_nearest, submatrix_
 from iwdctl.errors import InputError
 from iwdctl.images import load_image
 from iwdctl.iwd import (
-    _violated_in_rows,
+    _exactly_priced,
     analysis_size,
     analysis_view,
     estimate_iwd,
@@ -844,18 +844,24 @@ def test_a_dense_tight_graph_goes_to_the_network_simplex(monkeypatch, route):
     assert cost[np.arange(200), columns].sum() == pytest.approx(cost[rows, best].sum(), rel=1e-12)
 
 
-def test_exact_pricing_lists_every_negative_reduced_cost_of_its_rows():
-    # The sparse route's exact pricing of rows float32 cannot clear: every violated entry, no other.
+def test_exact_pricing_lists_the_violated_rows_negative_and_smallest_reduced_costs():
+    # The sparse route's exact pricing of rows float32 cannot clear: a row with a violated entry brings
+    # every violated entry and its 16 smallest reduced costs; a row without one brings nothing.
     rng = np.random.default_rng(7)
     u, v = rng.random((40, 12)), rng.random((40, 12))
     costs = np.abs(u[:, None] - v[None]).mean(axis=2)
-    row_duals, column_duals = rng.random(40) * 0.4, rng.random(40) * 0.1
-    rows = np.array([3, 17, 39])
-    found = _violated_in_rows(u, v, rows, row_duals, column_duals)
-    reduced = costs - row_duals[:, None] - column_duals[None]
-    expected = [row * 40 + column for row in rows for column in np.flatnonzero(reduced[row] < -1e-13)]
-    assert sorted(found.tolist()) == expected and len(expected) > 5
-    assert len(_violated_in_rows(u, v, np.empty(0, dtype=np.int64), row_duals, column_duals)) == 0
+    reduced_free = costs - np.sort(costs, axis=1)[:, 2:3]  # each row's third smallest at 0: two violated
+    row_duals, column_duals = np.sort(costs, axis=1)[:, 2], np.zeros(40)
+    row_duals[5] = costs[5].min() - 0.01  # no entry of row 5 is violated
+    rows = np.array([3, 5, 17, 39])
+    found = _exactly_priced(u, v, rows, row_duals, column_duals)
+    expected = []
+    for row in (3, 17, 39):
+        negative = np.flatnonzero(reduced_free[row] < -1e-13)
+        assert len(negative) == 2
+        expected += [row * 40 + column for column in np.union1d(negative, np.argsort(reduced_free[row])[:16])]
+    assert sorted(found.tolist()) == expected and len(expected) == 48
+    assert len(_exactly_priced(u, v, np.empty(0, dtype=np.int64), row_duals, column_duals)) == 0
 
 
 def test_sorted_unique_equals_numpy_unique():
