@@ -1,5 +1,3 @@
-import sys
+from iwdctl.cli import console_script
 
-from iwdctl.cli import main
-
-sys.exit(main())
+console_script()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 from rich.table import Table
@@ -540,3 +541,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"iwdctl: error: {message}", file=sys.stderr)
         return 2
     return code if isinstance(code, int) else 0
+
+
+def console_script() -> NoReturn:
+    """The `iwdctl` command (and `python -m iwdctl`): main(), then exit with its code.
+
+    The work is done and written by then, so the collector is frozen first: Python's last garbage
+    collections over numba's (and torch's) objects took 0.3-0.4 s of a 1.4 s `iwdctl measure` of one
+    64 px pair. Objects are still freed by reference counting and exit handlers still run."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
