@@ -6,7 +6,8 @@ The float64 route was checked against POT at 128 px (benchmarks/results/measure_
 measure_speed.py's (nips17 photos from index `--first` on). In-process times exclude start-up; the
 whole process (one per pair, so the goal's "per pair" holds for each) includes it (about 1 s).
 With `--base COMMIT` the whole process also runs from that commit's tree (compare_commits.export),
-alternating with this one pair by pair (the machine is shared and noisy): the ratio of a change.
+alternating with this one pair by pair (the machine is shared and noisy), after an untimed run of
+each tree on every pair (numba compiles kernels once per tree): the ratio of a change.
 
     python benchmarks/big_iwd.py [--pairs 1] [--first 600] [--kinds noise,...] [--results big_iwd.md]
         [--base COMMIT] [--size 128] [--darkest]
@@ -72,11 +73,14 @@ def main() -> None:
                     engine.FLOAT32_ASSIGNMENT_SIZE = original
                 worst = max(worst, abs(values["float32"] - values["float64"]) / values["float64"])
             if arguments.base:
-                # Untimed: each tree compiles (and caches) the kernels this kind of pair needs.
-                for tree in trees.values():
-                    whole_process(
-                        tree, names[0], folder / kind / "adv" / names[0].name, folder / "warm.json", arguments.size
-                    )
+                # Untimed, every pair: each tree compiles (and caches) the kernels its pairs need. A warm-up
+                # on the kind's first pair alone left the base tree compiling in timed runs where a later
+                # pair took another route (64 px noise pairs of photos 860-863: 6.0 and 8.4 s, then 1.3-1.4 s).
+                for name in names:
+                    for tree in trees.values():
+                        whole_process(
+                            tree, name, folder / kind / "adv" / name.name, folder / "warm.json", arguments.size
+                        )
             wholes: dict[str, list[float]] = {name: [] for name in trees}
             values: dict[str, list[float]] = {name: [] for name in trees}
             for index, name in enumerate(names):
