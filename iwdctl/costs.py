@@ -28,6 +28,26 @@ def as_array(image: Any, dtype: type) -> np.ndarray:
     return np.ascontiguousarray(image, dtype=dtype)
 
 
+def _window_sums(x, y, k, t, delta, pixel, ring):  # type: ignore[no-untyped-def]
+    """Ring slot t % k = the k-wide window sums along the columns of |x - y| (summed over channels) for
+    pixel rows (t, t + delta): slot[q1, q2] = sum over b < k of that sum at columns (q1 + b, q2 + b)."""
+    channels, _, width = x.shape
+    cols = width - k + 1
+    for c1 in range(width):
+        for c2 in range(width):
+            pixel[c1, c2] = abs(x[0, t, c1] - y[0, t + delta, c2])
+        for channel in range(1, channels):
+            for c2 in range(width):
+                pixel[c1, c2] += abs(x[channel, t, c1] - y[channel, t + delta, c2])
+    slot = ring[t % k]
+    for q1 in range(cols):
+        for q2 in range(cols):
+            slot[q1, q2] = pixel[q1, q2]
+        for b in range(1, k):
+            for q2 in range(cols):
+                slot[q1, q2] += pixel[q1 + b, q2 + b]
+
+
 def _diagonal_window_means(x, y, k, deltas, out):  # type: ignore[no-untyped-def]
     """out[r1 * Q + q1, r2 * Q + q2] = mean of |x - y| over channels and the k x k windows at (r1, q1)
     in x and (r2, q2) in y, for the patch-row diagonals r2 - r1 in `deltas`. Sums in float64, one
@@ -42,20 +62,7 @@ def _diagonal_window_means(x, y, k, deltas, out):  # type: ignore[no-untyped-def
         first = max(0, -delta)
         stop = min(rows, rows - delta)
         for t in range(first, stop + k - 1):
-            # Window sums along the columns for pixel rows (t, t + delta), into ring slot t % k.
-            for c1 in range(width):
-                for c2 in range(width):
-                    pixel[c1, c2] = abs(x[0, t, c1] - y[0, t + delta, c2])
-                for channel in range(1, channels):
-                    for c2 in range(width):
-                        pixel[c1, c2] += abs(x[channel, t, c1] - y[channel, t + delta, c2])
-            slot = ring[t % k]
-            for q1 in range(cols):
-                for q2 in range(cols):
-                    slot[q1, q2] = pixel[q1, q2]
-                for b in range(1, k):
-                    for q2 in range(cols):
-                        slot[q1, q2] += pixel[q1 + b, q2 + b]
+            _window_sums_kernel(x, y, k, t, delta, pixel, ring)
             r1 = t - k + 1
             if r1 < first:
                 continue
@@ -84,19 +91,7 @@ def _diagonal_row_nearest(x, y, k, deltas, offsets, values, columns):  # type: i
         first = max(0, -delta)
         stop = min(rows, rows - delta)
         for t in range(first, stop + k - 1):
-            for c1 in range(width):
-                for c2 in range(width):
-                    pixel[c1, c2] = abs(x[0, t, c1] - y[0, t + delta, c2])
-                for channel in range(1, channels):
-                    for c2 in range(width):
-                        pixel[c1, c2] += abs(x[channel, t, c1] - y[channel, t + delta, c2])
-            slot = ring[t % k]
-            for q1 in range(cols):
-                for q2 in range(cols):
-                    slot[q1, q2] = pixel[q1, q2]
-                for b in range(1, k):
-                    for q2 in range(cols):
-                        slot[q1, q2] += pixel[q1 + b, q2 + b]
+            _window_sums_kernel(x, y, k, t, delta, pixel, ring)
             r1 = t - k + 1
             if r1 < first:
                 continue
@@ -171,6 +166,7 @@ def _compact(matrix, rows, columns, first, stop):  # type: ignore[no-untyped-def
             flat[target + k] = gathered[k]
 
 
+_window_sums_kernel = numba.njit(nogil=True, cache=True)(_window_sums) if numba is not None else None
 _kernel = numba.njit(nogil=True, cache=True)(_diagonal_window_means) if numba is not None else None
 _listed_kernel = numba.njit(nogil=True, cache=True)(_listed_costs) if numba is not None else None
 _nearest_kernel = numba.njit(nogil=True, cache=True)(_diagonal_row_nearest) if numba is not None else None
