@@ -119,8 +119,9 @@ def _award(row, column, increment, prices, owner, assigned, waiting, top):  # ty
     return top
 
 
-def _auction(cost, cost_floors, eps_start, eps_end, scaling):  # type: ignore[no-untyped-def]
-    """Gauss-Seidel forward auction for minimum cost, epsilon scaled; returns (columns, prices).
+def _auction(cost, cost_floors, start_prices, eps_start, eps_end, scaling):  # type: ignore[no-untyped-def]
+    """Gauss-Seidel forward auction for minimum cost, epsilon scaled, from `start_prices`; returns
+    (columns, prices).
 
     A bid needs the row's best and second-best value c_ij + p_j. Prices only rise (they carry over
     between phases), so after a full scan the row's CACHED_CANDIDATES smallest columns are kept with
@@ -141,7 +142,7 @@ def _auction(cost, cost_floors, eps_start, eps_end, scaling):  # type: ignore[no
     """
     n = cost.shape[0]
     width = min(CACHED_CANDIDATES, n - 1) if n > 1 else 0
-    prices = np.zeros(n)
+    prices = start_prices.copy()
     owner = np.empty(n, dtype=np.int64)
     assigned = np.empty(n, dtype=np.int64)
     waiting = np.empty(n, dtype=np.int64)
@@ -216,15 +217,18 @@ def _auction(cost, cost_floors, eps_start, eps_end, scaling):  # type: ignore[no
         eps = max(eps_end, eps / scaling)
 
 
-def _block_floors(cost, start, stop, out):  # type: ignore[no-untyped-def]
-    """out[row, b] = the smallest entry of block b (SCAN_BLOCK columns) of each row in [start, stop);
-    returns the smallest and the largest entry of those rows (all columns)."""
+def _block_floors(cost, start, stop, out, column_minima):  # type: ignore[no-untyped-def]
+    """out[row, b] = the smallest entry of block b (SCAN_BLOCK columns) of each row in [start, stop),
+    and column_minima lowered to the smallest entry of each column among those rows; returns the
+    smallest and the largest entry of those rows (all columns)."""
     n = cost.shape[1]
     blocked = n - n % SCAN_BLOCK
     low = np.inf
     high = -np.inf
     for row in range(start, stop):
         values = cost[row]
+        for column in range(n):  # the row is in cache now; a loop of its own vectorises
+            column_minima[column] = min(column_minima[column], values[column])
         for block in range(0, blocked, SCAN_BLOCK):
             smallest = values[block]
             largest = values[block]
@@ -672,13 +676,20 @@ def edges_below(
     return np.concatenate([rows for rows, _ in parts]), np.concatenate([columns for _, columns in parts])
 
 
-def block_floors(cost: np.ndarray, threads: int = 1) -> tuple[np.ndarray, float]:
+def block_floors(cost: np.ndarray, threads: int = 1) -> tuple[np.ndarray, float, np.ndarray]:
     """The smallest entry of each block of SCAN_BLOCK columns of each row (n, n // SCAN_BLOCK), in
-    the matrix's dtype, and the range of the entries (largest minus smallest)."""
+    the matrix's dtype, the range of the entries (largest minus smallest), and each column's smallest
+    entry (in float64): one pass over the matrix."""
     n = len(cost)
     floors = np.empty((n, cost.shape[1] // SCAN_BLOCK), dtype=cost.dtype)
-    parts = in_row_parts(lambda start, stop: _block_floors_kernel(cost, start, stop, floors), n, threads)
-    return floors, float(max(high for _, high in parts)) - float(min(low for low, _ in parts))
+
+    def part(start: int, stop: int) -> tuple[float, float, np.ndarray]:
+        column_minima = np.full(cost.shape[1], np.inf, dtype=cost.dtype)
+        return *_block_floors_kernel(cost, start, stop, floors, column_minima), column_minima
+
+    parts = in_row_parts(part, n, threads)
+    top = float(max(high for _, high, _ in parts)) - float(min(low for low, _, _ in parts))
+    return floors, top, np.minimum.reduce([minima for _, _, minima in parts]).astype(np.float64)
 
 
 def tight_edges(
@@ -740,9 +751,13 @@ def _exact_matrix_finish(
 
 def _auction_and_tight_edges(cost: np.ndarray, threads: int) -> _Auctioned:
     n = len(cost)
-    floors, top = block_floors(cost, threads)
+    floors, top, column_minima = block_floors(cost, threads)
     eps_end = FINAL_TOTAL_GAP / n
-    assigned, prices = auction(cost, floors, max(top / START_DIVISOR, eps_end), eps_end, SCALING)
+    # Prices start at minus the column minima (Jonker and Volgenant's column reduction: each column's
+    # cheapest entry at value 0), not at 0. Side by side at 128 px, moved pairs of nips17 photos
+    # 600-603: auction 26.5 -> 21.2 s; at 64 px, the darkest photos' degenerate pairs: 10.3 -> 8.9 s.
+    start_prices = -column_minima
+    assigned, prices = auction(cost, floors, start_prices, max(top / START_DIVISOR, eps_end), eps_end, SCALING)
     return _Auctioned(assigned, prices, *tight_edges(cost, prices, assigned, threads, floors), floors, top)
 
 

@@ -912,14 +912,15 @@ def test_block_floors_skip_only_blocks_that_cannot_matter(dtype, tied):
     rows, columns = rng.random(n), np.sort(rng.random(n))
     cost = np.abs(rows[:, None] - columns[None]) + 0.1 * rng.random((n, n))
     cost = (np.round(cost * 12) / 12 if tied else cost).astype(dtype)
-    floors, top = assignment.block_floors(cost, threads=2)
+    floors, top, column_minima = assignment.block_floors(cost, threads=2)
     assert floors.shape == (n, n // assignment.SCAN_BLOCK) and top == pytest.approx(float(cost.max() - cost.min()))
     blocked = n - n % assignment.SCAN_BLOCK
     assert np.array_equal(floors, cost[:, :blocked].reshape(n, -1, assignment.SCAN_BLOCK).min(axis=2))
+    assert column_minima.dtype == np.float64 and np.array_equal(column_minima, cost.min(axis=0))
     unbounded = np.full_like(floors, -np.inf)
     eps_end = assignment.FINAL_TOTAL_GAP / n
-    skipping = assignment.auction(cost, floors, top / 32, eps_end, assignment.SCALING)
-    reading = assignment.auction(cost, unbounded, top / 32, eps_end, assignment.SCALING)
+    skipping = assignment.auction(cost, floors, -column_minima, top / 32, eps_end, assignment.SCALING)
+    reading = assignment.auction(cost, unbounded, -column_minima, top / 32, eps_end, assignment.SCALING)
     assert np.array_equal(skipping[0], reading[0]) and np.array_equal(skipping[1], reading[1])
     assigned, prices = skipping
     row_minima = assignment.row_minima(cost, prices, 2, floors)
