@@ -754,8 +754,10 @@ def _auction_and_tight_edges(cost: np.ndarray, threads: int) -> _Auctioned:
     floors, top, column_minima = block_floors(cost, threads)
     eps_end = FINAL_TOTAL_GAP / n
     # Prices start at minus the column minima (Jonker and Volgenant's column reduction: each column's
-    # cheapest entry at value 0), not at 0. Side by side at 128 px, moved pairs of nips17 photos
-    # 600-603: auction 26.5 -> 21.2 s; at 64 px, the darkest photos' degenerate pairs: 10.3 -> 8.9 s.
+    # cheapest entry at value 0), not at 0. Side by side in process, the auction: moved pairs of nips17
+    # photos 600-603 at 128 px 26.5 -> 21.2 s; 64 px, the darkest photos' pairs 10.35 -> 9.17 s, 96 pairs
+    # of photos 700-707 and 860-863 5.96 -> 5.56 s; 128 px, photos 700-707 33.8 -> 32.1 s (blur and PGD
+    # pairs 0.83-0.95x).
     start_prices = -column_minima
     assigned, prices = auction(cost, floors, start_prices, max(top / START_DIVISOR, eps_end), eps_end, SCALING)
     return _Auctioned(assigned, prices, *tight_edges(cost, prices, assigned, threads, floors), floors, top)
