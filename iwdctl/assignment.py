@@ -220,10 +220,9 @@ def _auction(cost, cost_floors, start_prices, eps_start, eps_end, scaling):  # t
 def _block_floors(cost, start, stop, out, column_minima):  # type: ignore[no-untyped-def]
     """out[row, b] = the smallest entry of block b (SCAN_BLOCK columns) of each row in [start, stop),
     and column_minima lowered to the smallest entry of each column among those rows; returns the
-    smallest and the largest entry of those rows (all columns)."""
+    largest entry of those rows (all columns)."""
     n = cost.shape[1]
     blocked = n - n % SCAN_BLOCK
-    low = np.inf
     high = -np.inf
     for row in range(start, stop):
         values = cost[row]
@@ -236,12 +235,10 @@ def _block_floors(cost, start, stop, out, column_minima):  # type: ignore[no-unt
                 smallest = min(smallest, values[column])
                 largest = max(largest, values[column])
             out[row, block // SCAN_BLOCK] = smallest
-            low = min(low, smallest)
             high = max(high, largest)
         for column in range(blocked, n):
-            low = min(low, values[column])
             high = max(high, values[column])
-    return low, high
+    return high
 
 
 def _row_minima(cost, prices, floors, price_floors, start, stop, out):  # type: ignore[no-untyped-def]
@@ -683,13 +680,13 @@ def block_floors(cost: np.ndarray, threads: int = 1) -> tuple[np.ndarray, float,
     n = len(cost)
     floors = np.empty((n, cost.shape[1] // SCAN_BLOCK), dtype=cost.dtype)
 
-    def part(start: int, stop: int) -> tuple[float, float, np.ndarray]:
+    def part(start: int, stop: int) -> tuple[float, np.ndarray]:
         column_minima = np.full(cost.shape[1], np.inf, dtype=cost.dtype)
-        return *_block_floors_kernel(cost, start, stop, floors, column_minima), column_minima
+        return _block_floors_kernel(cost, start, stop, floors, column_minima), column_minima
 
     parts = in_row_parts(part, n, threads)
-    top = float(max(high for _, high, _ in parts)) - float(min(low for low, _, _ in parts))
-    return floors, top, np.minimum.reduce([minima for _, _, minima in parts]).astype(np.float64)
+    column_minima = np.minimum.reduce([minima for _, minima in parts]).astype(np.float64)
+    return floors, float(max(high for high, _ in parts)) - float(column_minima.min()), column_minima
 
 
 def tight_edges(
