@@ -36,10 +36,7 @@ from typing import Any
 
 import numpy as np
 
-try:
-    import numba
-except ImportError:  # pragma: no cover - exercised where numba is absent (see tests/test_iwd.py)
-    numba = None
+from iwdctl.kernels import kernel
 
 # Epsilon scaling: from max cost / 32 down to 1e-4 / n, dividing by 8 per phase. At 128 px the price
 # wars of flat photos' pairs made 16 (tuned at 64 px) slow: auction 14.5 -> 10.4 s (nips17 photo 602,
@@ -81,10 +78,6 @@ PRICE_FLOOR_REFRESH = 1024
 # A block's floors skip it in edges_below only when they clear the threshold by this much: far above
 # the rounding of the test (costs in [0, 1], duals of their order).
 FLOOR_MARGIN = 1e-9
-
-
-def _compile(function):  # type: ignore[no-untyped-def]
-    return numba.njit(nogil=True, cache=True)(function) if numba is not None else None
 
 
 def _insert_smallest(values, prices, start, stop, worst, top_values, top_columns):  # type: ignore[no-untyped-def]
@@ -164,7 +157,10 @@ def _auction(cost, cost_floors, start_prices, eps_start, eps_end, scaling):  # t
         while top > 0:
             if bids % PRICE_FLOOR_REFRESH == 0:
                 for block in range(len(price_floors)):
-                    price_floors[block] = prices[block * SCAN_BLOCK : (block + 1) * SCAN_BLOCK].min()
+                    smallest = prices[block * SCAN_BLOCK]
+                    for column in range(block * SCAN_BLOCK + 1, (block + 1) * SCAN_BLOCK):
+                        smallest = min(smallest, prices[column])
+                    price_floors[block] = smallest
             bids += 1
             top -= 1
             row = waiting[top]
@@ -577,15 +573,15 @@ def _graph_auction(count, indptr, indices, costs, assigned, prices, eps_start, e
         eps = max(eps_end, eps / scaling)
 
 
-_insert_smallest_kernel = _compile(_insert_smallest)
-_award_kernel = _compile(_award)
-auction = _compile(_auction)
-_block_floors_kernel = _compile(_block_floors)
-_row_minima_kernel = _compile(_row_minima)
-_edges_below_kernel = _compile(_edges_below)
-shortest_paths_finish = _compile(_shortest_paths_finish)
-cancel_and_repair = _compile(_cancel_and_repair)
-graph_auction = _compile(_graph_auction)
+_insert_smallest_kernel = kernel(_insert_smallest)
+_award_kernel = kernel(_award)
+auction = kernel(_auction)
+_block_floors_kernel = kernel(_block_floors)
+_row_minima_kernel = kernel(_row_minima)
+_edges_below_kernel = kernel(_edges_below)
+shortest_paths_finish = kernel(_shortest_paths_finish)
+cancel_and_repair = kernel(_cancel_and_repair)
+graph_auction = kernel(_graph_auction)
 
 
 def in_row_parts(work: Callable[[int, int], Any], rows: int, threads: int) -> list[Any]:
@@ -891,7 +887,7 @@ def _positions_in(keys, graph_keys):  # type: ignore[no-untyped-def]
     return positions
 
 
-positions_in = _compile(_positions_in)
+positions_in = kernel(_positions_in)
 
 
 def _listed_costs(

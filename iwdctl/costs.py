@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from iwdctl.assignment import in_row_parts, numba
+from iwdctl.assignment import in_row_parts
+from iwdctl.kernels import kernel
 
 if TYPE_CHECKING:
     import torch
@@ -166,12 +167,12 @@ def _compact(matrix, rows, columns, first, stop):  # type: ignore[no-untyped-def
             flat[target + k] = gathered[k]
 
 
-_window_sums_kernel = numba.njit(nogil=True, cache=True)(_window_sums) if numba is not None else None
-_kernel = numba.njit(nogil=True, cache=True)(_diagonal_window_means) if numba is not None else None
-_listed_kernel = numba.njit(nogil=True, cache=True)(_listed_costs) if numba is not None else None
-_nearest_kernel = numba.njit(nogil=True, cache=True)(_diagonal_row_nearest) if numba is not None else None
-_dense_kernel = numba.njit(nogil=True, cache=True)(_dense_costs) if numba is not None else None
-_compact_kernel = numba.njit(nogil=True, cache=True)(_compact) if numba is not None else None
+_window_sums_kernel = kernel(_window_sums)
+_kernel = kernel(_diagonal_window_means)
+_listed_kernel = kernel(_listed_costs)
+_nearest_kernel = kernel(_diagonal_row_nearest)
+_dense_kernel = kernel(_dense_costs)
+_compact_kernel = kernel(_compact)
 
 
 def submatrix_in_place(matrix: np.ndarray, rows: np.ndarray, columns: np.ndarray, threads: int = 1) -> np.ndarray:

@@ -44,9 +44,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from iwdctl.assignment import numba
 from iwdctl.costs import cpu_threads
 from iwdctl.iwd import analysis_size, analysis_view, exact_iwd, iwd_lower_bound
+from iwdctl.kernels import kernel
 from iwdctl.runtime import single_threaded_blas
 
 RAMP = 2.0  # analysis pixels over which the displacement rises across a seam
@@ -120,7 +120,7 @@ def _seam_paths(cost, paths):  # type: ignore[no-untyped-def]
             paths[problem, row - 1] = paths[problem, row] + steps[row, paths[problem, row]] - 1
 
 
-_seam_kernel = numba.njit(nogil=True, cache=True)(_seam_paths) if numba is not None else None
+_seam_kernel = kernel(_seam_paths)
 
 
 def band_displacement(

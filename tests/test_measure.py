@@ -100,9 +100,10 @@ def test_measure_pairs_api_flags_approximation(tmp_path):
     assert 0 < approx[0].iwd_bound < 2e-3  # the default tolerance, 1e-3, plus float32 rounding
 
 
-def test_measure_on_a_cpu_does_not_import_torch(tmp_path):
-    """`iwdctl measure --device cpu` runs on NumPy arrays: torch's 2 s import is not paid, not even
-    for a degenerate pair (a dark image brightened, as clipped noise does)."""
+def _measure_in_a_process(tmp_path, *checked_modules: str) -> list[bool]:
+    """Runs `iwdctl measure --device cpu --size 40` in a fresh process on _images' pairs and a degenerate pair
+    (a dark photo brightened, as clipped noise does), checks its values against POT and returns whether
+    each of `checked_modules` was imported."""
     import subprocess
     import sys
 
@@ -116,14 +117,30 @@ def test_measure_on_a_cpu_does_not_import_torch(tmp_path):
         "from iwdctl.cli import main\n"
         f"code = main(['measure', {str(tmp_path / 'orig')!r}, {str(tmp_path / 'bright')!r}, '--device', 'cpu',"
         f" '--size', '40', '--json', {str(tmp_path / 'r.json')!r}, '-q'])\n"
-        "print(json.dumps([code, 'torch' in sys.modules]))\n"
+        f"print(json.dumps([code, *(name in sys.modules for name in {list(checked_modules)!r})]))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == [0, False]
+    code, *imported = json.loads(result.stdout.strip().splitlines()[-1])
+    assert code == 0
     report = json.loads((tmp_path / "r.json").read_text())
     for pair in report["pairs"]:
         x, y = analysis_view(torch.stack([load_image(pair["orig"]), load_image(pair["adv"])]).double(), 40)
         assert abs(pair["iwd"] - pot_iwd(x, y)) <= 1e-9 * max(pot_iwd(x, y), 1e-12)
+    return imported
+
+
+def test_measure_on_a_cpu_does_not_import_torch(tmp_path):
+    """`iwdctl measure --device cpu` runs on NumPy arrays: torch's 2 s import is not paid, not even
+    for a degenerate pair."""
+    assert _measure_in_a_process(tmp_path, "torch") == [False]
+
+
+def test_measure_loads_cached_kernels_without_setting_up_numbas_compiler(tmp_path):
+    """Once its kernels are in numba's disk cache, a measure process loads them without refreshing
+    numba's typing and lowering registries (0.3 s of a one-pair process at 64 px; their loading
+    imports numba.np.npdatetime) or importing SciPy's linear algebra (0.15 s)."""
+    _measure_in_a_process(tmp_path, "numba.np.npdatetime")  # compiles and caches what is missing
+    assert _measure_in_a_process(tmp_path, "numba.np.npdatetime", "scipy.linalg") == [False, False]
 
 
 def test_measure_keeps_numpy_blas_on_one_thread(tmp_path, monkeypatch):

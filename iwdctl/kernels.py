@@ -1,0 +1,45 @@
+"""IWD's numba kernels: compiled once per signature into numba's on-disk cache, then loaded from it
+without numba's compiler set-up.
+
+Before each load from its cache, numba refreshes its target context: it imports and installs every
+typing and lowering registry (about 0.3 s, a quarter of a one-pair `iwdctl measure` at 64 px), though
+only compiling uses them. Loading compiled code needs numba's C helpers, installed when the context is
+created, and its runtime (NRT), initialised here. A signature missing from the cache compiles as before:
+numba's compiler refreshes the context itself.
+
+The kernels use arrays and scalars only. Calling a NumPy method on an array in a kernel (`a.min()`,
+`a.sum()`) makes loading it import `numba.np.arraymath`, which imports SciPy's linear algebra (another
+0.15 s): they write such reductions as loops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+try:
+    import numba
+    from numba.core.caching import FunctionCache
+    from numba.core.runtime import rtsys
+except ImportError:  # pragma: no cover - exercised where numba is absent (see tests/test_iwd.py)
+    numba = None
+
+
+if numba is not None:
+
+    class _DirectlyLoadedCache(FunctionCache):
+        """numba's disk cache of one kernel, loaded without refreshing the target context first."""
+
+        def load_overload(self, sig, target_context):  # type: ignore[no-untyped-def]
+            rtsys.initialize(target_context)
+            with self._guard_against_spurious_io_errors():
+                return self._load_overload(sig, target_context)
+
+
+def kernel(function: Callable[..., Any]) -> Any:
+    """`function` compiled by numba (nopython, releasing the GIL, cached on disk), or None without numba."""
+    if numba is None:
+        return None
+    compiled = numba.njit(nogil=True, cache=True)(function)
+    compiled._cache = _DirectlyLoadedCache(function)
+    return compiled
