@@ -35,11 +35,17 @@ if numba is not None:
             with self._guard_against_spurious_io_errors():
                 return self._load_overload(sig, target_context)
 
+    # Private parts of numba's cache (those of 0.59-0.68): a numba without them loads its own way.
+    _LOADS_DIRECTLY = all(
+        hasattr(FunctionCache, name) for name in ("_load_overload", "_guard_against_spurious_io_errors")
+    )
+
 
 def kernel(function: Callable[..., Any]) -> Any:
     """`function` compiled by numba (nopython, releasing the GIL, cached on disk), or None without numba."""
     if numba is None:
         return None
     compiled = numba.njit(nogil=True, cache=True)(function)
-    compiled._cache = _DirectlyLoadedCache(function)
+    if _LOADS_DIRECTLY:
+        compiled._cache = _DirectlyLoadedCache(function)
     return compiled
