@@ -35,7 +35,7 @@ if numba is not None:
             with self._guard_against_spurious_io_errors():
                 return self._load_overload(sig, target_context)
 
-    # Private parts of numba's cache (those of 0.59-0.68): a numba without them loads its own way.
+    # Private parts of numba's cache (checked on 0.68): a numba without them loads its own way.
     _LOADS_DIRECTLY = all(
         hasattr(FunctionCache, name) for name in ("_load_overload", "_guard_against_spurious_io_errors")
     )
