@@ -1,4 +1,4 @@
-"""IWD's numba kernels: compiled once per signature into numba's on-disk cache, then loaded from it
+"""iwdctl's numba kernels: compiled once per signature into numba's on-disk cache, then loaded from it
 without numba's compiler set-up.
 
 Before each load from its cache, numba refreshes its target context: it imports and installs every
