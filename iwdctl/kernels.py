@@ -7,12 +7,12 @@ only compiling uses them. Loading compiled code needs numba's C helpers, install
 created, and its runtime (NRT), initialised here. A signature missing from the cache compiles as before:
 numba's compiler refreshes the context itself.
 
-The kernels use arrays and scalars only: their object code references numba's runtime and C helpers,
-Python's C API and libc, nothing else (`nm -u` on the cache files). A kernel that hashes (dicts, sets)
-would also need the hash secret that the refresh installs, and LLVM aborts the process on a symbol it
-cannot resolve: such a kernel must not go through `kernel`. Calling a NumPy method on an array in a
-kernel (`a.min()`, `a.sum()`) makes loading it import `numba.np.arraymath`, which imports SciPy's
-linear algebra (another 0.15 s): they write such reductions as loops.
+iwdctl's kernels' object code references numba's runtime and C helpers, Python's C API and libc, nothing
+else (`nm -u` on the cache files). Loading also imports the modules that the code's environments name,
+and those install what they define: a scratch kernel with a dict of strings, whose code references the
+hash secret of `numba.cpython.hashing`, loaded and ran this way. Calling a NumPy method on an array in a
+kernel (`a.min()`, `a.sum()`) makes loading it import `numba.np.arraymath`, which imports SciPy's linear
+algebra (another 0.15 s): the kernels write such reductions as loops.
 """
 
 from __future__ import annotations
