@@ -81,7 +81,7 @@ def _diagonal_row_nearest(x, y, k, deltas, offsets, values, columns):  # type: i
     """The same sweep as _diagonal_window_means (sums), keeping per row only its K smallest values of
     sum - offsets[column] (ascending in values[row], K = values.shape[1]) and their columns, instead
     of writing the matrix."""
-    channels, height, width = x.shape
+    _, height, width = x.shape
     rows = height - k + 1
     cols = width - k + 1
     kept_count = values.shape[1]
