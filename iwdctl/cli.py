@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 import sys
 import traceback
@@ -512,11 +513,21 @@ def defend_command(
         console.print(f"checkpoint: {out}")
 
 
+def _reflowed(doc: str) -> str:
+    """A docstring with each paragraph on one line: typer's help keeps a paragraph's line breaks, and
+    at the terminal's width those lines wrap raggedly."""
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in inspect.cleandoc(doc).split("\n\n"))
+
+
+for _command in app.registered_commands:
+    _command.help = _reflowed(_command.callback.__doc__ or "") if _command.callback else _command.help
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning expected errors into one line on stderr and exit code 2."""
     import click
 
-    # Usage errors (an unknown option, a value of the wrong type): typer >= 0.29 vendors click.
+    # Usage errors (an unknown option, a value of the wrong type): typer >= 0.26 vendors click.
     usage_errors = tuple(kind for kind in (getattr(typer, "TyperException", None), click.ClickException) if kind)
     arguments = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in arguments

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,8 +14,8 @@ from iwdctl.cli import main
 from .conftest import shared_data
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "iwdctl", *args], capture_output=True, text=True, timeout=300)
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "iwdctl", *args], capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_help_lists_every_subcommand():
@@ -22,6 +23,13 @@ def test_help_lists_every_subcommand():
     assert result.returncode == 0
     for name in ("attack", "defend", "measure", "eval"):
         assert name in result.stdout
+
+
+def test_help_reflows_each_paragraph_to_the_terminal_width():
+    # A docstring's line breaks would split "(cat_adv0.png pairs with cat.png)" wherever they fall.
+    result = run("measure", "--help", env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0
+    assert "(cat_adv0.png pairs with cat.png)" in result.stdout
 
 
 def test_eval_on_nips17_subset_writes_json(tmp_path, capsys):
