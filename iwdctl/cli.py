@@ -525,22 +525,18 @@ for _command in app.registered_commands:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning expected errors into one line on stderr and exit code 2."""
-    import click
-
-    # Usage errors (an unknown option, a value of the wrong type): typer >= 0.26 vendors click.
-    usage_errors = tuple(kind for kind in (getattr(typer, "TyperException", None), click.ClickException) if kind)
     arguments = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in arguments
     try:
         code = app(args=arguments, prog_name="iwdctl", standalone_mode=False)
-    except usage_errors as error:
+    except typer.TyperException as error:  # a usage error: an unknown option, a value of the wrong type
         if type(error).__name__ == "NoArgsIsHelpError":  # the help was printed
             return 0
         if debug:
             traceback.print_exc()
-        print(f"iwdctl: error: {error.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"iwdctl: error: {error.format_message()}", file=sys.stderr)
         return 2
-    except (typer.Abort, click.exceptions.Abort):
+    except typer.Abort:
         print("iwdctl: aborted", file=sys.stderr)
         return 130
     except SystemExit as stop:
