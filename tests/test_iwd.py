@@ -352,6 +352,43 @@ def test_the_repair_after_the_graph_auction_matches_pot(monkeypatch):
             assert len(calls) in (0, 2), kind  # identical pairs skip the solver; else failed once, then repaired
 
 
+def test_the_graph_auction_goes_on_to_smaller_gaps_until_the_repair_proves_the_optimum(monkeypatch):
+    """The first repair and the one after the first graph auction forced to give up: the graph auction
+    carries on to a REFINED_GAP_DIVISOR-fold smaller gap, and the repair after it proves POT's value."""
+    import importlib
+
+    engine = importlib.import_module("iwdctl.iwd")
+    repair, graph_auction = assignment.cancel_and_repair, assignment.graph_auction
+    calls: list[bool] = []
+    gaps: list[float] = []
+
+    def failing_twice(n, indptr, indices, costs, matched, duals, *rest):  # type: ignore[no-untyped-def]
+        calls.append(len(calls) < 2)
+        if calls[-1]:
+            return matched, duals, False
+        return repair(n, indptr, indices, costs, matched, duals, *rest)
+
+    def recorded(count, *args):  # type: ignore[no-untyped-def]
+        gaps.append(args[6] * count)  # eps_end times the rows: the total gap
+        return graph_auction(count, *args)
+
+    monkeypatch.setattr(assignment, "cancel_and_repair", failing_twice)
+    monkeypatch.setattr(assignment, "graph_auction", recorded)
+    monkeypatch.setattr(engine, "_sparse_optimum", lambda *args: None)
+    photo = load_image(shared_data("nips17", "images", "c83cfca4bc9dd3c7.png"))
+    for float32_size in (0, 10**9):
+        monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", float32_size)
+        for kind, (x, y) in perturbed_pairs(photo, 36, seed=4).items():
+            calls.clear()
+            gaps.clear()
+            assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
+            if calls:  # identical pairs skip the solver
+                assert len(calls) == 3, kind
+                assert gaps == pytest.approx(
+                    [assignment.REFINED_TOTAL_GAP, assignment.REFINED_TOTAL_GAP / assignment.REFINED_GAP_DIVISOR]
+                ), kind
+
+
 def test_the_sparse_route_certifies_pairs_whose_patches_stay_in_place():
     """Noise, blur and JPEG pairs are solved on each patch's nearest patches, and certified: the
     matching it returns costs POT's optimum."""
