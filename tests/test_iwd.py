@@ -326,35 +326,11 @@ def test_the_float32_route_without_the_repair_matches_pot(monkeypatch):
         assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
 
 
-def test_the_repair_after_the_graph_auction_matches_pot(monkeypatch):
-    """Every first repair forced to give up: the auction goes on over the tight graph and the repair
-    that follows proves the optimum, on both routes and every kind of pair: POT's value."""
-    import importlib
-
-    engine = importlib.import_module("iwdctl.iwd")
-    repair = assignment.cancel_and_repair
-    calls: list[bool] = []
-
-    def failing_first(n, indptr, indices, costs, matched, duals, *rest):  # type: ignore[no-untyped-def]
-        calls.append(len(calls) % 2 == 0)
-        if calls[-1]:
-            return matched, duals, False
-        return repair(n, indptr, indices, costs, matched, duals, *rest)
-
-    monkeypatch.setattr(assignment, "cancel_and_repair", failing_first)
-    monkeypatch.setattr(engine, "_sparse_optimum", lambda *args: None)
-    photo = load_image(shared_data("nips17", "images", "c83cfca4bc9dd3c7.png"))
-    for float32_size in (0, 10**9):
-        monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", float32_size)
-        for kind, (x, y) in perturbed_pairs(photo, 36, seed=3).items():
-            calls.clear()
-            assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
-            assert len(calls) in (0, 2), kind  # identical pairs skip the solver; else failed once, then repaired
-
-
-def test_the_graph_auction_goes_on_to_smaller_gaps_until_the_repair_proves_the_optimum(monkeypatch):
-    """The first repair and the one after the first graph auction forced to give up: the graph auction
-    carries on to a REFINED_GAP_DIVISOR-fold smaller gap, and the repair after it proves POT's value."""
+@pytest.mark.parametrize("failures", [1, 2])
+def test_the_graph_auction_goes_on_until_the_repair_proves_the_optimum(monkeypatch, failures):
+    """The first repairs forced to give up: the auction goes on over the tight graph, each round to a
+    REFINED_GAP_DIVISOR-fold smaller gap, and the repair that follows proves the optimum, on both
+    routes and every kind of pair: POT's value."""
     import importlib
 
     engine = importlib.import_module("iwdctl.iwd")
@@ -362,8 +338,8 @@ def test_the_graph_auction_goes_on_to_smaller_gaps_until_the_repair_proves_the_o
     calls: list[bool] = []
     gaps: list[float] = []
 
-    def failing_twice(n, indptr, indices, costs, matched, duals, *rest):  # type: ignore[no-untyped-def]
-        calls.append(len(calls) < 2)
+    def failing_first(n, indptr, indices, costs, matched, duals, *rest):  # type: ignore[no-untyped-def]
+        calls.append(len(calls) < failures)
         if calls[-1]:
             return matched, duals, False
         return repair(n, indptr, indices, costs, matched, duals, *rest)
@@ -372,21 +348,20 @@ def test_the_graph_auction_goes_on_to_smaller_gaps_until_the_repair_proves_the_o
         gaps.append(args[6] * count)  # eps_end times the rows: the total gap
         return graph_auction(count, *args)
 
-    monkeypatch.setattr(assignment, "cancel_and_repair", failing_twice)
+    monkeypatch.setattr(assignment, "cancel_and_repair", failing_first)
     monkeypatch.setattr(assignment, "graph_auction", recorded)
     monkeypatch.setattr(engine, "_sparse_optimum", lambda *args: None)
     photo = load_image(shared_data("nips17", "images", "c83cfca4bc9dd3c7.png"))
+    expected_gaps = [assignment.REFINED_TOTAL_GAP / assignment.REFINED_GAP_DIVISOR**k for k in range(failures)]
     for float32_size in (0, 10**9):
         monkeypatch.setattr(engine, "FLOAT32_ASSIGNMENT_SIZE", float32_size)
-        for kind, (x, y) in perturbed_pairs(photo, 36, seed=4).items():
+        for kind, (x, y) in perturbed_pairs(photo, 36, seed=2 + failures).items():
             calls.clear()
             gaps.clear()
             assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9), kind
             if calls:  # identical pairs skip the solver
-                assert len(calls) == 3, kind
-                assert gaps == pytest.approx(
-                    [assignment.REFINED_TOTAL_GAP, assignment.REFINED_TOTAL_GAP / assignment.REFINED_GAP_DIVISOR]
-                ), kind
+                assert len(calls) == failures + 1, kind
+                assert gaps == pytest.approx(expected_gaps), kind
 
 
 def test_the_sparse_route_certifies_pairs_whose_patches_stay_in_place():
