@@ -520,7 +520,8 @@ def _reflowed(doc: str) -> str:
 
 
 for _command in app.registered_commands:
-    _command.help = _reflowed(_command.callback.__doc__ or "") if _command.callback else _command.help
+    if _command.callback and _command.callback.__doc__:
+        _command.help = _reflowed(_command.callback.__doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
