@@ -103,23 +103,72 @@ def _insert_smallest(values, prices, start, stop, worst, top_values, top_columns
     return worst
 
 
-def _award(row, column, increment, prices, owner, assigned, waiting, top):  # type: ignore[no-untyped-def]
-    """An auction's bid: `row` takes `column`, whose price rises by `increment`; its previous owner, if
-    any, goes back on the stack of waiting rows. Returns the stack's new size."""
-    prices[column] += increment
-    previous = owner[column]
-    owner[column] = row
+def _copies(offsets, column):  # type: ignore[no-untyped-def]
+    """The range of `column`'s copies: offsets[column]:offsets[column + 1], or column alone where
+    `offsets` is None (an assignment problem: numba compiles the branch away)."""
+    if offsets is None:
+        return column, column + 1
+    return offsets[column], offsets[column + 1]
+
+
+def _award(row, column, increment, prices, offsets, copy_prices, copy_owner, seat, assigned, waiting, top):  # type: ignore[no-untyped-def]
+    """An auction's bid: `row` takes the cheapest copy of `column` (a class of identical columns, its copies
+    offsets[column]:offsets[column + 1], a binary heap by price), whose price rises by `increment`; the
+    copy's previous owner, if any, goes back on the stack of waiting rows. prices[column] stays the
+    class's smallest copy price; seat[row] is the heap position of the row's copy. Returns the stack's
+    new size."""
+    first, last = _copies_kernel(offsets, column)
+    price = copy_prices[first] + increment
+    previous = copy_owner[first]
+    position = first
+    while True:  # the raised copy sinks to its place in the heap
+        child = 2 * position - first + 1
+        if child >= last:
+            break
+        if child + 1 < last and copy_prices[child + 1] < copy_prices[child]:
+            child += 1
+        if copy_prices[child] >= price:
+            break
+        copy_prices[position] = copy_prices[child]
+        copy_owner[position] = copy_owner[child]
+        if copy_owner[position] >= 0:
+            seat[copy_owner[position]] = position
+        position = child
+    copy_prices[position] = price
+    copy_owner[position] = row
+    seat[row] = position
+    prices[column] = copy_prices[first]
     assigned[row] = column
     if previous >= 0:
         assigned[previous] = -1
+        seat[previous] = -1
         waiting[top] = previous
         top += 1
     return top
 
 
-def _auction(cost, cost_floors, start_prices, eps_start, eps_end, scaling):  # type: ignore[no-untyped-def]
+def _runner_up(best, column, prices, offsets, copy_prices):  # type: ignore[no-untyped-def]
+    """A bid's value for the second cheapest copy of its class `column` (best: the cheapest's), or inf
+    for a class of one: a row's second best value counts it, so that each copy keeps epsilon-
+    complementary slackness (bidding past it, against other classes only, made copies' prices scatter
+    and took the last phases 13x the bids)."""
+    first, last = _copies_kernel(offsets, column)
+    if last - first < 2:
+        return np.inf
+    runner = copy_prices[first + 1]
+    if last - first > 2:
+        runner = min(runner, copy_prices[first + 2])
+    return best - prices[column] + runner
+
+
+def _auction(cost, cost_floors, start_prices, eps_start, eps_end, scaling, offsets):  # type: ignore[no-untyped-def]
     """Gauss-Seidel forward auction for minimum cost, epsilon scaled, from `start_prices`; returns
     (columns, prices).
+
+    Column j stands for offsets[j + 1] - offsets[j] identical columns (its copies; one each for an
+    assignment problem): a transportation problem with unit rows, solved as the assignment problem of
+    the copies, whose prices a heap per column keeps (_award). prices[j] is its cheapest copy's, which
+    with v = -prices leaves the same gap bound as an assignment's.
 
     A bid needs the row's best and second-best value c_ij + p_j. Prices only rise (they carry over
     between phases), so after a full scan the row's CACHED_CANDIDATES smallest columns are kept with
@@ -139,9 +188,15 @@ def _auction(cost, cost_floors, start_prices, eps_start, eps_end, scaling):  # t
     (noise, JPEG, shift, re-arranged, rotation), with the same columns and prices.
     """
     n = cost.shape[0]
-    width = min(CACHED_CANDIDATES, n - 1) if n > 1 else 0
+    classes = cost.shape[1]
+    width = min(CACHED_CANDIDATES, classes - 1) if classes > 1 else 0
     prices = start_prices.copy()
-    owner = np.empty(n, dtype=np.int64)
+    copy_prices = np.empty(n)
+    for column in range(classes):
+        first, last = _copies_kernel(offsets, column)
+        copy_prices[first:last] = prices[column]
+    copy_owner = np.empty(n, dtype=np.int64)
+    seat = np.empty(n, dtype=np.int64)
     assigned = np.empty(n, dtype=np.int64)
     waiting = np.empty(n, dtype=np.int64)
     cached = np.zeros((n, width + 1), dtype=np.int64)  # the last slot: the bound's column
@@ -149,12 +204,12 @@ def _auction(cost, cost_floors, start_prices, eps_start, eps_end, scaling):  # t
     bound = np.full(n, -np.inf)  # below any value: the first bid of every row scans
     top_values = np.empty(width + 1)
     top_columns = np.zeros(width + 1, dtype=np.int64)
-    blocked = n - n % SCAN_BLOCK
+    blocked = classes - classes % SCAN_BLOCK
     price_floors = np.zeros(blocked // SCAN_BLOCK)
     bids = 0
     eps = eps_start
     while True:
-        owner[:] = -1
+        copy_owner[:] = -1
         assigned[:] = -1
         for k in range(n):
             waiting[k] = n - 1 - k
@@ -204,7 +259,7 @@ def _auction(cost, cost_floors, start_prices, eps_start, eps_end, scaling):  # t
                         worst = _insert_smallest_kernel(
                             values, prices, block, block + SCAN_BLOCK, worst, top_values, top_columns
                         )
-                _insert_smallest_kernel(values, prices, blocked, n, worst, top_values, top_columns)
+                _insert_smallest_kernel(values, prices, blocked, classes, worst, top_values, top_columns)
                 for slot in range(width + 1):
                     cached[row, slot] = top_columns[slot]
                     cached_costs[row, slot] = values[top_columns[slot]]
@@ -212,7 +267,11 @@ def _auction(cost, cost_floors, start_prices, eps_start, eps_end, scaling):  # t
                 best = top_values[0]
                 best_column = top_columns[0]
                 second = top_values[1] if width > 0 else best  # a 1 x 1 problem
-            top = _award_kernel(row, best_column, second - best + eps, prices, owner, assigned, waiting, top)
+            second = min(second, _runner_up_kernel(best, best_column, prices, offsets, copy_prices))
+            increment = second - best + eps
+            top = _award_kernel(
+                row, best_column, increment, prices, offsets, copy_prices, copy_owner, seat, assigned, waiting, top
+            )
         if eps <= eps_end:
             return assigned, prices
         eps = max(eps_end, eps / scaling)
@@ -311,66 +370,74 @@ def _edges_below(cost, row_duals, column_duals, absolute, relative, floors, dual
 
 
 def _cancel_and_repair(count, indptr, indices, costs, matched, column_duals, tolerance, scans):  # type: ignore[no-untyped-def]
-    """A perfect matching of the sparse graph (CSR rows) that no negative cycle improves, from the given
-    one, and column duals v proving it: with u_i = c_i,matched(i) - v_matched(i), c_ij - u_i - v_j >=
-    -tolerance on every edge.
+    """A matching of the sparse graph's rows (CSR) to its columns, each column taking as many rows as it
+    was given (one in an assignment problem; a column of identical copies, several), that no negative
+    cycle improves, from the given one, and column duals v proving it: with u_i = c_i,matched(i) -
+    v_matched(i), c_ij - u_i - v_j >= -tolerance on every edge.
 
     The condition reads v_j <= v_k + (c_ij - c_ik), k the column matched to row i: shortest paths over
-    the columns, found by a label-correcting queue (Bellman-Ford) from the given duals. Every `count`
-    relaxations the tree of last relaxations is searched for a cycle; a cycle there has negative cost,
-    and moving each of its rows to the next column lowers the matching's cost. Returns (matched, v,
-    True), or (matched, v, False) past `scans` column scans or where a row's matched edge is missing."""
+    the columns, found by a label-correcting queue (Bellman-Ford) from the given duals, a column's scan
+    relaxing the edges of each of its rows. Every `count` relaxations the tree of last relaxations is
+    searched for a cycle; a cycle there has negative cost, and moving each of its rows to the next
+    column lowers the matching's cost (each column keeps its number of rows). Returns (matched, v,
+    True), or (matched, v, False) past `scans` row scans or where a row's matched edge is missing."""
+    classes = len(column_duals)
     matched = matched.copy()
     v = column_duals.copy()
-    owner = np.empty(count, dtype=np.int64)
     own_edge = np.full(count, -1, dtype=np.int64)
     edge_row = np.empty(indptr[count], dtype=np.int64)
+    # Each column's rows, a doubly linked list.
+    head = np.full(classes, -1, dtype=np.int64)
+    following = np.full(count, -1, dtype=np.int64)
+    preceding = np.full(count, -1, dtype=np.int64)
     for row in range(count):
-        owner[matched[row]] = row
+        _link_kernel(row, matched[row], head, following, preceding)
         for edge in range(indptr[row], indptr[row + 1]):
             edge_row[edge] = row
             if indices[edge] == matched[row]:
                 own_edge[row] = edge
         if own_edge[row] < 0:
             return matched, v, False
-    parent = np.full(count, -1, dtype=np.int64)  # per column: the edge of its last relaxation
-    stamp = np.full(count, -1, dtype=np.int64)
-    cycle = np.empty(count, dtype=np.int64)
-    queue = np.empty(count, dtype=np.int64)
-    queued = np.ones(count, dtype=np.bool_)
-    for column in range(count):
+    parent = np.full(classes, -1, dtype=np.int64)  # per column: the edge of its last relaxation
+    stamp = np.full(classes, -1, dtype=np.int64)
+    cycle = np.empty(classes, dtype=np.int64)
+    queue = np.empty(classes, dtype=np.int64)
+    queued = np.ones(classes, dtype=np.bool_)
+    for column in range(classes):
         queue[column] = column
-    head = 0
-    size = count
+    front = 0
+    size = classes
     relaxations = 0
     while size > 0:
-        if scans == 0:
-            return matched, v, False
-        scans -= 1
-        column = queue[head]
-        head = (head + 1) % count
+        column = queue[front]
+        front = (front + 1) % classes
         size -= 1
         queued[column] = False
-        row = owner[column]
-        base = v[column] - costs[own_edge[row]]
-        for edge in range(indptr[row], indptr[row + 1]):
-            target = indices[edge]
-            candidate = base + costs[edge]
-            if target != column and candidate < v[target] - tolerance:
-                v[target] = candidate
-                parent[target] = edge
-                relaxations += 1
-                if not queued[target]:
-                    queued[target] = True
-                    queue[(head + size) % count] = target
-                    size += 1
-        if relaxations < count:
+        row = head[column]
+        while row >= 0:
+            if scans == 0:
+                return matched, v, False
+            scans -= 1
+            base = v[column] - costs[own_edge[row]]
+            for edge in range(indptr[row], indptr[row + 1]):
+                target = indices[edge]
+                candidate = base + costs[edge]
+                if target != column and candidate < v[target] - tolerance:
+                    v[target] = candidate
+                    parent[target] = edge
+                    relaxations += 1
+                    if not queued[target]:
+                        queued[target] = True
+                        queue[(front + size) % classes] = target
+                        size += 1
+            row = following[row]
+        if relaxations < classes:
             continue
         relaxations = 0
         # Walk each column's chain of parents (the arc of edge (i, j) starts at i's matched column).
         stamp[:] = -1
         length = 0
-        for start in range(count):
+        for start in range(classes):
             node = start
             while node >= 0 and stamp[node] < 0:
                 stamp[node] = start
@@ -386,21 +453,42 @@ def _cancel_and_repair(count, indptr, indices, costs, matched, column_duals, tol
                 break
         if length == 0:
             continue
-        # Each row of the cycle moves to the column its edge reached.
+        # Each row of the cycle moves to the column its edge reached (its rows are distinct: each
+        # column of the cycle is reached from a different one).
         for index in range(length):
             node = cycle[index]
             edge = parent[node]
             row = edge_row[edge]
+            _unlink_kernel(row, matched[row], head, following, preceding)
+            _link_kernel(row, node, head, following, preceding)
             matched[row] = node
             own_edge[row] = edge
-            owner[node] = row
         parent[:] = -1
-        for column in range(count):
+        for column in range(classes):
             if not queued[column]:
                 queued[column] = True
-                queue[(head + size) % count] = column
+                queue[(front + size) % classes] = column
                 size += 1
     return matched, v, True
+
+
+def _link(row, column, head, following, preceding):  # type: ignore[no-untyped-def]
+    """Put `row` first in `column`'s list of rows."""
+    following[row] = head[column]
+    preceding[row] = -1
+    if head[column] >= 0:
+        preceding[head[column]] = row
+    head[column] = row
+
+
+def _unlink(row, column, head, following, preceding):  # type: ignore[no-untyped-def]
+    """Take `row` out of `column`'s list of rows."""
+    if preceding[row] >= 0:
+        following[preceding[row]] = following[row]
+    else:
+        head[column] = following[row]
+    if following[row] >= 0:
+        preceding[following[row]] = preceding[row]
 
 
 def _shortest_paths_finish(count, indptr, indices, costs, column_duals, hint):  # type: ignore[no-untyped-def]
@@ -521,18 +609,32 @@ def _shortest_paths_finish(count, indptr, indices, costs, column_duals, hint):  
     return matched, v
 
 
-def _graph_auction(count, indptr, indices, costs, assigned, prices, eps_start, eps_end, scaling, jump, bids):  # type: ignore[no-untyped-def]
+def _graph_auction(count, indptr, indices, costs, assigned, prices, eps_start, eps_end, scaling, jump, bids, offsets):  # type: ignore[no-untyped-def]
     """The forward auction of _auction on a sparse graph (CSR rows) with its exact costs, carried on from
-    an assignment (-1: none; one row per column) and prices down to a smaller epsilon: each phase keeps
-    the rows that meet its epsilon-complementary slackness and rebids the others. A row with one edge
-    raises its price by `jump`. Returns (assigned, prices, True), or (.., False) past `bids` bids (a
-    graph without a perfect matching would bid forever)."""
+    an assignment (-1: none) and prices down to a smaller epsilon: each phase keeps the rows that meet
+    its epsilon-complementary slackness and rebids the others. Column j has offsets[j + 1] - offsets[j]
+    copies (_auction), which start at its price. A row with one edge raises its price by `jump`.
+    Returns (assigned, prices, True), or (.., False) past `bids` bids (a graph without a perfect
+    matching would bid forever)."""
+    classes = len(prices)
     prices = prices.copy()
     assigned = assigned.copy()
-    owner = np.full(count, -1, dtype=np.int64)
+    copy_prices = np.empty(count)
+    copy_owner = np.full(count, -1, dtype=np.int64)
+    seat = np.full(count, -1, dtype=np.int64)
+    free = np.empty(classes, dtype=np.int64)  # each column's next copy to seat an assigned row on
+    for column in range(classes):
+        first, last = _copies_kernel(offsets, column)
+        copy_prices[first:last] = prices[column]
+        free[column] = first
     for row in range(count):
-        if assigned[row] >= 0:
-            owner[assigned[row]] = row
+        column = assigned[row]
+        if column >= 0 and free[column] < _copies_kernel(offsets, column)[1]:
+            copy_owner[free[column]] = row
+            seat[row] = free[column]
+            free[column] += 1
+        else:
+            assigned[row] = -1
     waiting = np.empty(count, dtype=np.int64)
     eps = eps_start
     while True:
@@ -544,10 +646,11 @@ def _graph_auction(count, indptr, indices, costs, assigned, prices, eps_start, e
                 value = costs[edge] + prices[indices[edge]]
                 best = min(best, value)
                 if indices[edge] == assigned[row]:
-                    own = value
+                    own = costs[edge] + copy_prices[seat[row]]
             if own > best + eps:
-                if assigned[row] >= 0 and owner[assigned[row]] == row:
-                    owner[assigned[row]] = -1
+                if assigned[row] >= 0:
+                    copy_owner[seat[row]] = -1
+                    seat[row] = -1
                 assigned[row] = -1
                 waiting[top] = row
                 top += 1
@@ -571,15 +674,22 @@ def _graph_auction(count, indptr, indices, costs, assigned, prices, eps_start, e
                         second = value
             if best_column < 0:
                 return assigned, prices, False  # a row without edges
+            second = min(second, _runner_up_kernel(best, best_column, prices, offsets, copy_prices))
             increment = (jump if second == np.inf else second - best) + eps
-            top = _award_kernel(row, best_column, increment, prices, owner, assigned, waiting, top)
+            top = _award_kernel(
+                row, best_column, increment, prices, offsets, copy_prices, copy_owner, seat, assigned, waiting, top
+            )
         if eps <= eps_end:
             return assigned, prices, True
         eps = max(eps_end, eps / scaling)
 
 
 _insert_smallest_kernel = kernel(_insert_smallest)
+_copies_kernel = kernel(_copies)
 _award_kernel = kernel(_award)
+_runner_up_kernel = kernel(_runner_up)
+_link_kernel = kernel(_link)
+_unlink_kernel = kernel(_unlink)
 auction = kernel(_auction)
 _block_floors_kernel = kernel(_block_floors)
 _row_minima_kernel = kernel(_row_minima)
@@ -691,21 +801,32 @@ def block_floors(cost: np.ndarray, threads: int = 1) -> tuple[np.ndarray, float,
 
 
 def tight_edges(
-    cost: np.ndarray, prices: np.ndarray, assigned: np.ndarray, threads: int = 1, floors: np.ndarray | None = None
+    cost: np.ndarray,
+    prices: np.ndarray,
+    assigned: np.ndarray,
+    threads: int = 1,
+    floors: np.ndarray | None = None,
+    copies: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The edges whose reduced cost under (u, -prices), u_i = min_j (c_ij + p_j), is at most the gap."""
+    """The edges whose reduced cost under (u, -prices), u_i = min_j (c_ij + p_j), is at most the gap;
+    `copies`: how many rows each column takes (one each if None)."""
     n = len(cost)
     row_dual = row_minima(cost, prices, threads, floors)
     primal = float(np.sum(cost[np.arange(n), assigned], dtype=np.float64))
-    gap = primal - (row_dual.sum() - prices.sum())
+    gap = primal - (row_dual.sum() - (prices.sum() if copies is None else prices @ copies))
     # Rounding in the sums above is far below 1e-12 of the gap's scale; the margin only keeps the
     # auction's own edges (reduced cost <= gap in exact arithmetic) in the graph.
     return edges_below(cost, row_dual, -prices, gap + 1e-12 * (abs(primal) + 1.0), 0.0, threads, floors)
 
 
-def min_cost_assignment(cost: np.ndarray, threads: int = 1) -> np.ndarray:
+def min_cost_assignment(cost: np.ndarray, threads: int = 1, copies: np.ndarray | None = None) -> np.ndarray:
     """An exact minimum-cost perfect matching of a square float64 matrix: `columns[row]`. `threads`
-    split the passes over the whole matrix (not the auction, which is sequential)."""
+    split the passes over the whole matrix (not the auction, which is sequential).
+
+    With `copies`, column j of the (n, K) matrix stands for copies[j] identical columns (summing to n),
+    and the result is an optimal transport plan of the rows onto the columns, copies[j] rows to column j:
+    the assignment problem of the copies, solved without listing them (_auction), so its graphs and
+    price wars shrink with them."""
     cost = np.ascontiguousarray(cost, dtype=np.float64)
     n = cost.shape[0]
     if n == 0:
@@ -713,9 +834,12 @@ def min_cost_assignment(cost: np.ndarray, threads: int = 1) -> np.ndarray:
     if auction is None:
         from scipy.optimize import linear_sum_assignment  # only without numba: a half-second import
 
-        return linear_sum_assignment(cost)[1].astype(np.int64)
-    auctioned = _auction_and_tight_edges(cost, threads)
-    return _exact_matrix_finish(cost, auctioned, threads, auctioned.floors)
+        if copies is None:
+            return linear_sum_assignment(cost)[1].astype(np.int64)
+        column_of_copy = np.repeat(np.arange(len(copies)), copies)
+        return column_of_copy[linear_sum_assignment(cost[:, column_of_copy])[1]]
+    auctioned = _auction_and_tight_edges(cost, threads, copies)
+    return _exact_matrix_finish(cost, auctioned, threads, auctioned.floors, copies)
 
 
 @dataclass
@@ -732,22 +856,33 @@ class _Auctioned:
 
 
 def _exact_matrix_finish(
-    cost: np.ndarray, auctioned: _Auctioned, threads: int, floors: np.ndarray | None
+    cost: np.ndarray, auctioned: _Auctioned, threads: int, floors: np.ndarray | None, copies: np.ndarray | None = None
 ) -> np.ndarray:
     """The optimum of the exact float64 matrix from an auction's assignment, prices and tight graph:
     the assignment proved by repaired duals, else the network simplex where the graph is too dense for
-    the searches, else the shortest-path finish on the graph. `floors`: this matrix's block floors,
-    or None (those of a float32 copy may lie above its entries)."""
+    the searches (or its columns have copies), else the shortest-path finish on the graph. `floors`:
+    this matrix's block floors, or None (those of a float32 copy may lie above its entries). Columns with
+    copies that neither proves are listed copy by copy and solved as an assignment problem."""
     n = len(cost)
     assigned, prices, rows, columns = auctioned.assigned, auctioned.prices, auctioned.rows, auctioned.columns
-    if (certified := _certified_optimum(cost, rows, columns, assigned, prices, threads, floors)) is not None:
+    if (certified := _certified_optimum(cost, rows, columns, assigned, prices, threads, floors, copies)) is not None:
         return certified
-    if len(rows) > SIMPLEX_EDGES_PER_ROW * n and (simplex := network_simplex(cost)) is not None:
+    if (copies is not None or len(rows) > SIMPLEX_EDGES_PER_ROW * n) and (
+        simplex := network_simplex(cost, copies)
+    ) is not None:
         return simplex
+    if copies is not None:
+        column_of_copy = np.repeat(np.arange(len(copies)), copies)
+        return column_of_copy[min_cost_assignment(cost[:, column_of_copy], threads)]
     return _finish(n, rows, columns, lambda rows, columns: cost[rows, columns], prices, assigned)
 
 
-def _auction_and_tight_edges(cost: np.ndarray, threads: int) -> _Auctioned:
+def _offsets(copies: np.ndarray | None) -> np.ndarray | None:
+    """Where each column's copies start among all copies, and their end (None: one copy each)."""
+    return None if copies is None else np.concatenate(([0], np.cumsum(copies))).astype(np.int64)
+
+
+def _auction_and_tight_edges(cost: np.ndarray, threads: int, copies: np.ndarray | None = None) -> _Auctioned:
     n = len(cost)
     floors, top, column_minima = block_floors(cost, threads)
     eps_end = FINAL_TOTAL_GAP / n
@@ -757,12 +892,20 @@ def _auction_and_tight_edges(cost: np.ndarray, threads: int) -> _Auctioned:
     # of photos 700-707 and 860-863 5.96 -> 5.56 s; 128 px, photos 700-707 33.8 -> 32.1 s (blur and PGD
     # pairs 0.83-0.95x).
     start_prices = -column_minima
-    assigned, prices = auction(cost, floors, start_prices, max(top / START_DIVISOR, eps_end), eps_end, SCALING)
-    return _Auctioned(assigned, prices, *tight_edges(cost, prices, assigned, threads, floors), floors, top)
+    assigned, prices = auction(
+        cost, floors, start_prices, max(top / START_DIVISOR, eps_end), eps_end, SCALING, _offsets(copies)
+    )
+    edges = tight_edges(cost, prices, assigned, threads, floors, copies)
+    return _Auctioned(assigned, prices, *edges, floors, top)
 
 
 def _repaired(
-    rows: np.ndarray, columns: np.ndarray, costs: np.ndarray, assigned: np.ndarray, prices: np.ndarray
+    rows: np.ndarray,
+    columns: np.ndarray,
+    costs: np.ndarray,
+    assigned: np.ndarray,
+    prices: np.ndarray,
+    copies: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """cancel_and_repair on the graph of edges (rows, columns) sorted by row, with their exact costs,
     from the auction's assignment and prices: (matched, column duals, whether they prove it).
@@ -782,11 +925,12 @@ def _repaired(
     if repaired:
         return matched, duals, True
     jump = float(costs.max() - costs.min()) + 1.0 if len(costs) else 1.0
+    offsets = _offsets(copies)
     refined, refined_prices, bids = assigned, prices, GRAPH_BIDS_PER_ROW * n
     eps_start, eps_end = FINAL_TOTAL_GAP / n / SCALING, REFINED_TOTAL_GAP / n
     while eps_end * n >= SMALLEST_REFINED_TOTAL_GAP:
         refined, refined_prices, complete = graph_auction(
-            n, indptr, columns, costs, refined, refined_prices, eps_start, eps_end, SCALING, jump, bids
+            n, indptr, columns, costs, refined, refined_prices, eps_start, eps_end, SCALING, jump, bids, offsets
         )
         if not complete:
             break
@@ -820,6 +964,7 @@ def _certified_optimum(
     prices: np.ndarray,
     threads: int,
     floors: np.ndarray | None = None,
+    copies: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """The auction's assignment, improved where needed and proved optimal by duals, or None.
 
@@ -829,7 +974,7 @@ def _certified_optimum(
     checks that no entry, in the graph or not, violates the duals. On degenerate problems (hundreds of
     tied entries per row) this takes milliseconds where the shortest-path finish took tens of seconds."""
     n = len(cost)
-    matched, column_duals, repaired = _repaired(rows, columns, cost[rows, columns], assigned, prices)
+    matched, column_duals, repaired = _repaired(rows, columns, cost[rows, columns], assigned, prices, copies)
     if not repaired:
         return None
     smallest = row_minima(cost, -column_duals, threads, floors)
@@ -838,9 +983,10 @@ def _certified_optimum(
     return None
 
 
-def network_simplex(cost: np.ndarray) -> np.ndarray | None:
+def network_simplex(cost: np.ndarray, copies: np.ndarray | None = None) -> np.ndarray | None:
     """An exact minimum-cost perfect matching of a square float64 matrix by POT's network simplex
-    (`columns[row]`), or None where POT is missing or stops short of optimality.
+    (`columns[row]`; with `copies`, the transport plan of min_cost_assignment), or None where POT is
+    missing or stops short of optimality.
 
     It serves degenerate problems, where the auction and the shortest-path searches crawl: a dark
     image against its brightened copy (PGD's noise clipped at 0) has blocks where c_ij = a_i + b_j
@@ -853,7 +999,8 @@ def network_simplex(cost: np.ndarray) -> np.ndarray | None:
     n = len(cost)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plan, log = ot.emd(np.ones(n), np.ones(n), cost, numItermax=max(10**7, 1000 * n), log=True)
+        weights = np.ones(n) if copies is None else copies.astype(np.float64)
+        plan, log = ot.emd(np.ones(n), weights, cost, numItermax=max(10**7, 1000 * n), log=True)
     if log["result_code"] != 1:  # 1: optimal
         return None
     return np.asarray(plan).argmax(axis=1).astype(np.int64)

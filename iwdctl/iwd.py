@@ -90,6 +90,12 @@ DIRECT_COSTS_SHARE = 0.4
 # 0.90-1.06x (all 0.98x): there the order and the matrix's permutation (0.05 s; 0.4 s at 128 px) cost
 # what the auction gains. Whole process at 128 px: benchmarks/results/big_iwd_block_order*.md.
 BLOCK_ORDER_PATCHES = 8000
+# Where identical patches among those left (within x or within y) make at most this share of one
+# image's patches distinct (a dark photo's JPEG copy: flat blocks of one value), the problem is solved
+# as a transport onto the distinct patches (_plan_of_copies). nips17 photo 625 against its JPEG copy at
+# 128 px (7,609 distinct of 14,884): every row had 2,939 tight edges among the copies, 65 among the
+# distinct patches.
+DISTINCT_SHARE = 0.75
 # Up to this many patches per image IWD is exact by default (a 128 x 128 image at stride 1 has 14884,
 # a 2.1 GB float64 cost matrix at the limit); past it `iwd` returns the estimate and says so.
 EXACT_LIMIT = 16384
@@ -206,26 +212,35 @@ def patch_array(image: np.ndarray, patch: int, stride: int) -> np.ndarray:
 def _unshared(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...]:
     """Boolean masks of the patches left once identical patches of u and v are matched to each other,
     and each patch's group of identical patches."""
-    # Identical rows have bit-equal projections (each row summed alike): with no projection of u among
-    # v's, no patch is shared. Otherwise the projections group the patches (a sort of numbers, where
-    # sorting the rows took 36 ms of a 64 px pair's 55), checked row by row against a member of each
-    # group: only two different patches with one projection would send it to sorting the rows.
-    direction = np.random.default_rng(0).random(u.shape[1])
-    projected_u, projected_v = (u * direction).sum(axis=1), (v * direction).sum(axis=1)
+    # Identical patches project alike: with no projection of u among v's, no patch is shared.
+    projected_u, projected_v = _projected(u), _projected(v)
     if not np.isin(projected_u, projected_v).any():
         return np.ones(len(u), dtype=bool), np.ones(len(v), dtype=bool), np.zeros(len(u), int), np.zeros(len(v), int)
-    _, groups = np.unique(np.concatenate([projected_u, projected_v]), return_inverse=True)
-    representative = np.empty(int(groups.max()) + 1, dtype=np.int64)
-    representative[groups] = np.arange(len(groups))  # any member of each group
-    stacked = np.concatenate([u, v])
-    if not np.array_equal(stacked, stacked[representative[groups]]):
-        _, groups = np.unique(stacked, axis=0, return_inverse=True)
-    groups = groups.ravel()
+    groups = _identical(np.concatenate([u, v]), np.concatenate([projected_u, projected_v]))
     group_u, group_v = groups[: len(u)], groups[len(u) :]
     count = int(groups.max()) + 1
     shared = np.minimum(np.bincount(group_u, minlength=count), np.bincount(group_v, minlength=count))
     keep_u, keep_v = _occurrence(group_u) >= shared[group_u], _occurrence(group_v) >= shared[group_v]
     return keep_u, keep_v, group_u, group_v
+
+
+def _projected(points: np.ndarray) -> np.ndarray:
+    """The points (rows) projected on one fixed direction: identical rows project bit-equal (each row
+    summed alike)."""
+    return (points * np.random.default_rng(0).random(points.shape[1])).sum(axis=1)
+
+
+def _identical(points: np.ndarray, projected: np.ndarray) -> np.ndarray:
+    """Each point's group of identical points (rows), numbered from 0, from their projections
+    (_projected): the projections group them (a sort of numbers, where sorting the rows took 36 ms of a
+    64 px pair's 55), checked row by row against a member of each group; only two different points with
+    one projection send it to sorting the rows."""
+    _, groups = np.unique(projected, return_inverse=True)
+    representative = np.empty(int(groups.max()) + 1, dtype=np.int64)
+    representative[groups] = np.arange(len(groups))  # any member of each group
+    if not np.array_equal(points, points[representative[groups]]):
+        _, groups = np.unique(points, axis=0, return_inverse=True)
+    return groups.ravel()
 
 
 def _occurrence(groups: np.ndarray) -> np.ndarray:
@@ -455,6 +470,14 @@ def _assignment(
     # Where identical patches leave few unmatched (an image and a copy with a band moved:
     # iwdctl.rearrange), their costs are computed entry by entry, not the whole matrix and a compaction.
     direct = len(rows) <= DIRECT_COSTS_SHARE * len(u)
+    if len(rows) > FLOAT32_ASSIGNMENT_SIZE:
+        kept = np.flatnonzero(keep_v)
+        groups_u, groups_v = _identical(u[rows], _projected(u[rows])), _identical(v[kept], _projected(v[kept]))
+        if min(groups_u.max(), groups_v.max()) + 1 <= DISTINCT_SHARE * len(rows):
+            if groups_v.max() <= groups_u.max():
+                return _plan_of_copies(x, y, u, v, rows, kept, groups_v, patch, stride, direct, threads)
+            # The transposed problem (the cost is symmetric): y's patches onto x's copies.
+            return np.argsort(_plan_of_copies(y, x, v, u, kept, rows, groups_u, patch, stride, direct, threads))
     # Large problems' solver sees y's kept patches in block order (similar ones side by side: tighter
     # block floors; assignment.block_order).
     order = block_order(v[keep_v]) if len(rows) > BLOCK_ORDER_PATCHES else np.arange(len(rows))
@@ -477,6 +500,38 @@ def _assignment(
             )
         ]
     return order[min_cost_assignment(costs(np.float64), threads)]
+
+
+def _plan_of_copies(
+    x: Any,
+    y: Any,
+    u: np.ndarray,
+    v: np.ndarray,
+    rows: np.ndarray,
+    columns: np.ndarray,
+    groups: np.ndarray,
+    patch: int,
+    stride: int,
+    direct: bool,
+    threads: int,
+) -> np.ndarray:
+    """_assignment of the patches u[rows] to v[columns] where `groups` (of identical patches among
+    v[columns]) leave few distinct ones: the transport problem of the rows onto the distinct patches,
+    each taking as many rows as it has copies (min_cost_assignment's `copies`), on its exact float64
+    matrix. Each copy then takes one of its group's rows."""
+    copies = np.bincount(groups)
+    representative = np.empty(len(copies), dtype=np.int64)
+    representative[groups] = np.arange(len(groups))
+    order = block_order(v[columns[representative]]) if len(rows) > BLOCK_ORDER_PATCHES else np.arange(len(copies))
+    distinct = columns[representative[order]]
+    if direct:
+        cost = pair_cost_matrix(u[rows], v[distinct], threads)
+    else:
+        cost = submatrix_in_place(cost_matrix(x, y, patch, stride, threads), rows, distinct, threads)
+    group_of_row = order[min_cost_assignment(cost, threads, copies[order])]
+    matched = np.empty(len(rows), dtype=np.int64)
+    matched[np.argsort(group_of_row, kind="stable")] = np.argsort(groups, kind="stable")
+    return matched
 
 
 def _device_assignment(x: Any, y: Any, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int) -> np.ndarray:
@@ -697,7 +752,18 @@ def _seeded_matching(cost: _CostRows, g: torch.Tensor, eps: float, tolerance: fl
     def auctioned(assigned: np.ndarray, prices: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The current graph's optimum and duals: the auction from this start, then graph_optimum."""
         assigned, prices, complete = graph_auction(
-            count, indptr, columns, edge_costs, assigned, prices, max(eps, eps_end), eps_end, SCALING, jump, bids
+            count,
+            indptr,
+            columns,
+            edge_costs,
+            assigned,
+            prices,
+            max(eps, eps_end),
+            eps_end,
+            SCALING,
+            jump,
+            bids,
+            None,
         )
         return graph_optimum(rows, columns, edge_costs, assigned, prices) if complete else None
 

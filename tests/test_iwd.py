@@ -729,7 +729,7 @@ def test_the_graph_auction_ends_optimal_on_integer_costs(seed):
     indptr, indices, costs, planted = _sparse_graph(rng, n, [1, 3, 6][seed])
     eps_end = 0.5 / n
     assigned, prices, complete = assignment.graph_auction(
-        n, indptr, indices, costs, planted, np.zeros(n), 4.0, eps_end, 4.0, 10.0, 10**6
+        n, indptr, indices, costs, planted, np.zeros(n), 4.0, eps_end, 4.0, 10.0, 10**6, None
     )
     assert complete and sorted(assigned.tolist()) == list(range(n))
     own = []
@@ -749,7 +749,7 @@ def test_the_graph_auction_stops_where_the_graph_has_no_perfect_matching():
     # Rows 0 and 1 have only column 0: they would outbid each other forever.
     indptr, indices = np.array([0, 1, 2, 4]), np.array([0, 0, 1, 2])
     _, _, complete = assignment.graph_auction(
-        3, indptr, indices, np.ones(4), np.arange(3), np.zeros(3), 1.0, 0.01, 4.0, 2.0, 1000
+        3, indptr, indices, np.ones(4), np.arange(3), np.zeros(3), 1.0, 0.01, 4.0, 2.0, 1000, None
     )
     assert not complete
 
@@ -836,9 +836,9 @@ def test_a_dense_tight_graph_goes_to_the_network_simplex(monkeypatch, route):
     calls: list[np.ndarray] = []
     simplex = assignment.network_simplex
 
-    def recording(cost):  # type: ignore[no-untyped-def]
+    def recording(cost, copies=None):  # type: ignore[no-untyped-def]
         calls.append(cost)
-        return simplex(cost)
+        return simplex(cost, copies)
 
     monkeypatch.setattr(assignment, "network_simplex", recording)
     monkeypatch.setattr(assignment, "SIMPLEX_EDGES_PER_ROW", 0)
@@ -931,8 +931,8 @@ def test_block_floors_skip_only_blocks_that_cannot_matter(dtype, tied):
     assert column_minima.dtype == np.float64 and np.array_equal(column_minima, cost.min(axis=0))
     unbounded = np.full_like(floors, -np.inf)
     eps_end = assignment.FINAL_TOTAL_GAP / n
-    skipping = assignment.auction(cost, floors, -column_minima, top / 32, eps_end, assignment.SCALING)
-    reading = assignment.auction(cost, unbounded, -column_minima, top / 32, eps_end, assignment.SCALING)
+    skipping = assignment.auction(cost, floors, -column_minima, top / 32, eps_end, assignment.SCALING, None)
+    reading = assignment.auction(cost, unbounded, -column_minima, top / 32, eps_end, assignment.SCALING, None)
     assert np.array_equal(skipping[0], reading[0]) and np.array_equal(skipping[1], reading[1])
     assigned, prices = skipping
     row_minima = assignment.row_minima(cost, prices, 2, floors)
@@ -941,3 +941,118 @@ def test_block_floors_skip_only_blocks_that_cannot_matter(dtype, tied):
         skipped = assignment.edges_below(cost, row_minima, -prices, absolute, relative, 2, floors)
         read = assignment.edges_below(cost, row_minima, -prices, absolute, relative, 2)
         assert len(read[0]) >= n and all(np.array_equal(a, b) for a, b in zip(skipped, read))
+
+
+def _transport_problem(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A cost matrix of 150 rows onto columns that stand for 1-12 identical columns each (summing to
+    150): random, tied (quarters) or degenerate (|a_i - b_j|) costs."""
+    rng = np.random.default_rng(seed)
+    copies = rng.integers(1, 13, 60)
+    copies = copies[: int(np.searchsorted(np.cumsum(copies), 150))]
+    copies = np.append(copies, 150 - copies.sum()) if copies.sum() < 150 else copies
+    shape = (150, len(copies))
+    kind = seed % 3
+    cost = [
+        rng.random(shape),
+        rng.integers(0, 4, shape) / 4.0,
+        np.abs(rng.random((150, 1)) - rng.random((1, shape[1]))),
+    ][kind]
+    return cost, copies
+
+
+@pytest.mark.parametrize("route", ["repair", "graph auction", "network simplex", "copies listed"])
+@pytest.mark.parametrize("seed", range(3))
+def test_columns_with_copies_are_solved_as_a_transport_problem(monkeypatch, seed, route):
+    """min_cost_assignment with `copies`: each column takes as many rows as it has copies, at POT's optimal
+    transport cost, on every route: the repair proves it at once; proves it after the graph auction
+    (the repair fails once); else the network simplex on the columns with their copies; else the
+    copies listed one by one as an assignment problem (POT missing)."""
+    cost, copies = _transport_problem(seed)
+    repair = assignment.cancel_and_repair
+    calls: list[bool] = []
+
+    def failing(count, indptr, indices, costs, matched, duals, *rest):  # type: ignore[no-untyped-def]
+        calls.append(route == "graph auction" and len(calls) > 0)
+        if not calls[-1] and route != "repair":
+            return matched, duals, False
+        return repair(count, indptr, indices, costs, matched, duals, *rest)
+
+    monkeypatch.setattr(assignment, "cancel_and_repair", failing)
+    if route == "copies listed":
+        monkeypatch.setattr(assignment, "network_simplex", lambda cost, copies=None: None)
+    columns = assignment.min_cost_assignment(cost, 1, copies)
+    assert np.array_equal(np.bincount(columns, minlength=len(copies)), copies)
+    optimum = ot.emd2(np.ones(150), copies.astype(np.float64), cost)
+    assert cost[np.arange(150), columns].sum() == pytest.approx(optimum, rel=1e-12, abs=1e-12)
+    listed = np.repeat(np.arange(len(copies)), copies)
+    assert optimum == pytest.approx(cost[:, listed][linear_sum_assignment(cost[:, listed])].sum(), rel=1e-12)
+    if route == "graph auction":
+        assert calls == [False, True]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cycle_cancelling_with_copies_reaches_the_optimal_transport(seed):
+    """From any plan that gives each column its number of rows, on the complete graph, the repair
+    cancels negative cycles (each column keeping its rows' number) until its duals prove it optimal."""
+    cost, copies = _transport_problem(seed)
+    n, columns = cost.shape
+    start = np.random.default_rng(seed).permutation(np.repeat(np.arange(columns), copies))
+    edge_columns = np.tile(np.arange(columns), n)
+    matched, duals, repaired = assignment.cancel_and_repair(
+        n, np.arange(n + 1) * columns, edge_columns, cost.ravel(), start, np.zeros(columns), 1e-15, 10**7
+    )
+    assert repaired and np.array_equal(np.bincount(matched, minlength=columns), copies)
+    optimum = ot.emd2(np.ones(n), copies.astype(np.float64), cost)
+    assert cost[np.arange(n), matched].sum() == pytest.approx(optimum, rel=1e-12, abs=1e-12)
+    row_duals = cost[np.arange(n), matched] - duals[matched]
+    assert (cost - row_duals[:, None] - duals[None, :]).min() >= -1e-12
+
+
+def test_the_graph_auction_with_copies_ends_optimal_on_integer_costs():
+    """The graph auction over columns with copies (each column's copies priced in a heap) ends with every
+    column holding its copies' number of rows, each row within the final epsilon of its best edge: on
+    integer costs with n x epsilon < 1, POT's optimal transport over the graph."""
+    rng = np.random.default_rng(4)
+    n, columns = 120, 30
+    copies = np.full(columns, 4)
+    planted = rng.permutation(np.repeat(np.arange(columns), copies))
+    row_columns = [np.unique(np.append(rng.choice(columns, 4), planted[row])) for row in range(n)]
+    indptr = np.concatenate(([0], np.cumsum([len(row) for row in row_columns])))
+    indices = np.concatenate(row_columns)
+    costs = rng.integers(0, 10, len(indices)).astype(np.float64)
+    offsets = np.concatenate(([0], np.cumsum(copies)))
+    assigned, prices, complete = assignment.graph_auction(
+        n, indptr, indices, costs, planted, np.zeros(columns), 4.0, 0.5 / n, 4.0, 10.0, 10**6, offsets
+    )
+    assert complete and np.array_equal(np.bincount(assigned, minlength=columns), copies)
+    dense = np.full((n, columns), 1e6)
+    dense[np.repeat(np.arange(n), np.diff(indptr)), indices] = costs
+    assert dense[np.arange(n), assigned].sum() == pytest.approx(ot.emd2(np.ones(n), copies * 1.0, dense), abs=1e-9)
+
+
+@pytest.mark.parametrize("flat", ["y", "x"])
+def test_a_copy_with_a_flat_region_is_solved_onto_its_distinct_patches(monkeypatch, flat):
+    """A copy whose top half is one flat colour (a dark photo's JPEG copy, in effect) has hundreds of
+    identical patches that x does not share: the problem goes to the transport onto the distinct
+    patches (the transposed one where x holds them), and the value stays POT's."""
+    import importlib
+
+    engine = importlib.import_module("iwdctl.iwd")
+    monkeypatch.setattr(engine, "_sparse_optimum", lambda *args: None)
+    planned = []
+    plan = engine._plan_of_copies
+
+    def recording(*args):  # type: ignore[no-untyped-def]
+        planned.append(len(np.unique(args[6])))
+        return plan(*args)
+
+    monkeypatch.setattr(engine, "_plan_of_copies", recording)
+    photo = load_image(shared_data("nips17", "images", "c83cfca4bc9dd3c7.png")).double()
+    x = analysis_view(photo[None], 40)[0]
+    generator = torch.Generator().manual_seed(6)
+    y = (x + 0.02 * torch.randn(x.shape, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    y[:, :20] = torch.tensor([0.1, 0.12, 0.08], dtype=torch.float64)[:, None, None]
+    if flat == "x":
+        x, y = y, x
+    assert exact_iwd(x, y) == pytest.approx(pot_iwd(x, y), rel=1e-9)
+    assert planned and planned[0] <= engine.DISTINCT_SHARE * 34 * 34
