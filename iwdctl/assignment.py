@@ -22,6 +22,13 @@ is (in every pair measured) already optimal: shortest paths over the tight graph
 exact duals that prove it, in milliseconds. Where they cannot (the assignment is not optimal), the
 searches finish, or POT's network simplex when the tight graph is that dense.
 
+Identical columns (a dark image's JPEG copy: thousands of copies of one flat patch) make every row's
+tight edges thousands too, one per copy. min_cost_assignment takes them as one column with its
+number of copies (`copies`): a transport problem with unit rows, solved as the assignment problem of
+the copies without listing them. The auction keeps each column's copy prices in a heap and bids for
+its cheapest copy; the repair and the graph auction move rows between columns, each keeping its
+number of rows; duals and certificate are those of the columns.
+
 The kernels are compiled with numba and release the GIL, so pairs run in parallel threads. Without
 numba (an environment that lacks it) the dense problem goes to SciPy's solver: exact, but slower.
 """
