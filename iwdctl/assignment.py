@@ -157,8 +157,8 @@ def _award(row, column, increment, prices, offsets, copy_prices, copy_owner, sea
 def _runner_up(best, column, prices, offsets, copy_prices):  # type: ignore[no-untyped-def]
     """A bid's value for the second cheapest copy of its class `column` (best: the cheapest's), or inf
     for a class of one: a row's second best value counts it, so that each copy keeps epsilon-
-    complementary slackness (bidding past it, against other classes only, made copies' prices scatter
-    and took the last phases 13x the bids)."""
+    complementary slackness (bidding past it, against other classes only, made copies' prices scatter:
+    photo 820's JPEG pair at 128 px took 25M bids, 1.6M with it)."""
     first, last = _copies_kernel(offsets, column)
     if last - first < 2:
         return np.inf
@@ -384,8 +384,8 @@ def _cancel_and_repair(count, indptr, indices, costs, matched, column_duals, tol
 
     The condition reads v_j <= v_k + (c_ij - c_ik), k the column matched to row i: shortest paths over
     the columns, found by a label-correcting queue (Bellman-Ford) from the given duals, a column's scan
-    relaxing the edges of each of its rows. Every `count` relaxations the tree of last relaxations is
-    searched for a cycle; a cycle there has negative cost, and moving each of its rows to the next
+    relaxing the edges of each of its rows. Every (number of columns) relaxations the tree of last
+    relaxations is searched for a cycle; a cycle there has negative cost, and moving each of its rows to the next
     column lowers the matching's cost (each column keeps its number of rows). Returns (matched, v,
     True), or (matched, v, False) past `scans` row scans or where a row's matched edge is missing."""
     classes = len(column_duals)
