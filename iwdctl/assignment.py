@@ -839,12 +839,11 @@ def min_cost_assignment(cost: np.ndarray, threads: int = 1, copies: np.ndarray |
     if n == 0:
         return np.empty(0, dtype=np.int64)
     if auction is None:
+        if copies is not None:
+            return _copies_listed(cost, copies, threads)
         from scipy.optimize import linear_sum_assignment  # only without numba: a half-second import
 
-        if copies is None:
-            return linear_sum_assignment(cost)[1].astype(np.int64)
-        column_of_copy = np.repeat(np.arange(len(copies)), copies)
-        return column_of_copy[linear_sum_assignment(cost[:, column_of_copy])[1]]
+        return linear_sum_assignment(cost)[1].astype(np.int64)
     auctioned = _auction_and_tight_edges(cost, threads, copies)
     return _exact_matrix_finish(cost, auctioned, threads, auctioned.floors, copies)
 
@@ -879,9 +878,14 @@ def _exact_matrix_finish(
     ) is not None:
         return simplex
     if copies is not None:
-        column_of_copy = np.repeat(np.arange(len(copies)), copies)
-        return column_of_copy[min_cost_assignment(cost[:, column_of_copy], threads)]
+        return _copies_listed(cost, copies, threads)
     return _finish(n, rows, columns, lambda rows, columns: cost[rows, columns], prices, assigned)
+
+
+def _copies_listed(cost: np.ndarray, copies: np.ndarray, threads: int) -> np.ndarray:
+    """min_cost_assignment with `copies`, solved as the assignment problem of the copies listed one by one."""
+    column_of_copy = np.repeat(np.arange(len(copies)), copies)
+    return column_of_copy[min_cost_assignment(cost[:, column_of_copy], threads)]
 
 
 def _offsets(copies: np.ndarray | None) -> np.ndarray | None:

@@ -230,17 +230,25 @@ def _projected(points: np.ndarray) -> np.ndarray:
     return (points * np.random.default_rng(0).random(points.shape[1])).sum(axis=1)
 
 
-def _identical(points: np.ndarray, projected: np.ndarray) -> np.ndarray:
+def _identical(points: np.ndarray, projected: np.ndarray | None = None) -> np.ndarray:
     """Each point's group of identical points (rows), numbered from 0, from their projections
-    (_projected): the projections group them (a sort of numbers, where sorting the rows took 36 ms of a
-    64 px pair's 55), checked row by row against a member of each group; only two different points with
-    one projection send it to sorting the rows."""
-    _, groups = np.unique(projected, return_inverse=True)
+    (_projected, computed if not given): the projections group them (a sort of numbers, where sorting
+    the rows took 36 ms of a 64 px pair's 55), checked row by row against a member of each group; only
+    two different points with one projection send it to sorting the rows."""
+    _, groups = np.unique(_projected(points) if projected is None else projected, return_inverse=True)
     representative = np.empty(int(groups.max()) + 1, dtype=np.int64)
     representative[groups] = np.arange(len(groups))  # any member of each group
     if not np.array_equal(points, points[representative[groups]]):
         _, groups = np.unique(points, axis=0, return_inverse=True)
     return groups.ravel()
+
+
+def _paired_in_groups(groups_a: np.ndarray, groups_b: np.ndarray) -> np.ndarray:
+    """For each element of a, the element of b it is paired with in its group: the k-th of a group in a
+    with the k-th in b (both hold as many of each group)."""
+    paired = np.empty(len(groups_a), dtype=np.int64)
+    paired[np.argsort(groups_a, kind="stable")] = np.argsort(groups_b, kind="stable")
+    return paired
 
 
 def _occurrence(groups: np.ndarray) -> np.ndarray:
@@ -429,12 +437,8 @@ def _matching(
     sets = sets or _patch_sets(x, y, patch, stride)
     u, v, keep_u, keep_v = sets.u, sets.v, sets.keep_u, sets.keep_v
     matching = np.empty(len(u), dtype=np.int64)
-    # The k-th copy of a patch in x is matched to the k-th copy in y: both sides list their shared
-    # copies in the same (group, copy) order.
     shared_u, shared_v = np.nonzero(~keep_u)[0], np.nonzero(~keep_v)[0]
-    matching[shared_u[np.argsort(sets.groups_u[shared_u], kind="stable")]] = shared_v[
-        np.argsort(sets.groups_v[shared_v], kind="stable")
-    ]
+    matching[shared_u] = shared_v[_paired_in_groups(sets.groups_u[shared_u], sets.groups_v[shared_v])]
     if keep_u.any():
         # Tensors on a GPU keep their device: the cost matrix is built there.
         pair = (x.detach().double(), y.detach().double()) if _on_accelerator(x) else (sets.xs, sets.ys)
@@ -472,7 +476,7 @@ def _assignment(
     direct = len(rows) <= DIRECT_COSTS_SHARE * len(u)
     if len(rows) > FLOAT32_ASSIGNMENT_SIZE:
         kept = np.flatnonzero(keep_v)
-        groups_u, groups_v = _identical(u[rows], _projected(u[rows])), _identical(v[kept], _projected(v[kept]))
+        groups_u, groups_v = _identical(u[rows]), _identical(v[kept])
         if min(groups_u.max(), groups_v.max()) + 1 <= DISTINCT_SHARE * len(rows):
             if groups_v.max() <= groups_u.max():
                 return _plan_of_copies(x, y, u, v, rows, kept, groups_v, patch, stride, direct, threads)
@@ -528,10 +532,7 @@ def _plan_of_copies(
         cost = pair_cost_matrix(u[rows], v[distinct], threads)
     else:
         cost = submatrix_in_place(cost_matrix(x, y, patch, stride, threads), rows, distinct, threads)
-    group_of_row = order[min_cost_assignment(cost, threads, copies[order])]
-    matched = np.empty(len(rows), dtype=np.int64)
-    matched[np.argsort(group_of_row, kind="stable")] = np.argsort(groups, kind="stable")
-    return matched
+    return _paired_in_groups(order[min_cost_assignment(cost, threads, copies[order])], groups)
 
 
 def _device_assignment(x: Any, y: Any, keep_u: np.ndarray, keep_v: np.ndarray, patch: int, stride: int) -> np.ndarray:

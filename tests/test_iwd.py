@@ -235,6 +235,11 @@ def test_assignment_without_numba_falls_back_to_scipy(monkeypatch):
     cost = np.random.default_rng(0).random((40, 40))
     rows, expected = linear_sum_assignment(cost)
     assert cost[np.arange(40), assignment.min_cost_assignment(cost)].sum() == pytest.approx(cost[rows, expected].sum())
+    transport, copies = _transport_problem(0)  # columns with copies: the copies listed, for SciPy
+    columns = assignment.min_cost_assignment(transport, 1, copies)
+    assert np.array_equal(np.bincount(columns, minlength=len(copies)), copies)
+    optimum = ot.emd2(np.ones(len(transport)), copies.astype(np.float64), transport)
+    assert transport[np.arange(len(transport)), columns].sum() == pytest.approx(optimum, rel=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
