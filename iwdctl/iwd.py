@@ -288,14 +288,14 @@ SPARSE_PROBE_SHARE = 0.99
 # Pricing sweeps that may add edges before the sparse route gives up (each about 0.4 s at 128 px, where
 # the dense route takes 2-3 s): 80 noise, Gaussian noise, JPEG, PGD and blur pairs of nips17 photos 600-603,
 # 700-707 and 950-953 needed at most 6; of 160 such pairs of photos 418-457 (no PGD), four needed 7 or 8
-# (photo 448's JPEG, noise and Gaussian-noise pairs, 419's blurred one; 4-5 s by the dense route after 6
-# wasted rounds, 2.4-2.9 s with 12 allowed); every other one that reached the rounds was certified but
-# photo 428's JPEG pair, which gave up on its share of broken rows (9%, then 11%).
+# (photo 448's JPEG, noise and Gaussian-noise pairs, 419's blurred one: 3.8-4.5 s by the dense route
+# after 6 wasted rounds, 2.4-2.9 s with 12 allowed); every other one that reached the rounds was
+# certified but photo 428's JPEG pair, which gave up on its share of broken rows (9%, then 11%).
 SPARSE_PRICING_ROUNDS = 12
 # It gives up at once when more than this share of rows violate its certificate. Where it went on
 # to succeed (nips17 pairs of every kind, photos 600-605 and the six darkest), at most 3.6% did (9.3% on
-# photos 418-457 at 128 px: photo 421's JPEG pair); on
-# photos with a band slid over them (iwdctl.rearrange) 12-74% did, growing with every pricing round.
+# photos 418-457 at 128 px: photo 421's JPEG pair); on photos with a band slid over them
+# (iwdctl.rearrange) 12-74% did, growing with every pricing round.
 SPARSE_GIVE_UP_SHARE = 0.1
 # Rows that float32 pricing cannot clear are priced exactly, over every column, up to this many: in flat
 # regions (sky, blur) reduced costs sit within float32's error, and listing more rows' nearest patches
