@@ -49,16 +49,18 @@ def _window_sums(x, y, k, t, delta, pixel, ring):  # type: ignore[no-untyped-def
                 slot[q1, q2] += pixel[q1 + b, q2 + b]
 
 
-def _diagonal_window_means(x, y, k, deltas, out):  # type: ignore[no-untyped-def]
-    """out[r1 * Q + q1, r2 * Q + q2] = mean of |x - y| over channels and the k x k windows at (r1, q1)
-    in x and (r2, q2) in y, for the patch-row diagonals r2 - r1 in `deltas`. Sums in float64, one
-    division, one rounding to out's dtype (not a second rounding and a pass of its own: 0.04 s at 128 px)."""
+def _diagonal_window_means(x, y, k, deltas, row_slots, column_slots, out):  # type: ignore[no-untyped-def]
+    """out[row_slots[i], column_slots[j]] = mean of |x - y| over channels and the k x k windows of
+    patch i = r1 * Q + q1 in x and patch j = r2 * Q + q2 in y, for the patch-row diagonals r2 - r1 in
+    `deltas`; a slot of -1 drops its patch. Sums in float64, one division, one rounding to out's
+    dtype (not a second rounding and a pass of its own: 0.04 s at 128 px)."""
     channels, height, width = x.shape
     rows = height - k + 1
     cols = width - k + 1
     terms = channels * k * k
     pixel = np.empty((width, width))
     ring = np.empty((k, cols, cols))
+    totals = np.empty(cols)
     for delta in deltas:
         first = max(0, -delta)
         stop = min(rows, rows - delta)
@@ -68,13 +70,21 @@ def _diagonal_window_means(x, y, k, deltas, out):  # type: ignore[no-untyped-def
             if r1 < first:
                 continue
             r2 = r1 + delta
+            slots = column_slots[r2 * cols : (r2 + 1) * cols]
             for q1 in range(cols):
-                row = out[r1 * cols + q1]
+                row_slot = row_slots[r1 * cols + q1]
+                if row_slot < 0:
+                    continue
+                # The sums side by side first (a loop the compiler vectorises), then the scattered writes.
                 for q2 in range(cols):
-                    total = ring[0, q1, q2]
-                    for a in range(1, k):
-                        total += ring[a, q1, q2]
-                    row[r2 * cols + q2] = total / terms
+                    totals[q2] = ring[0, q1, q2]
+                for a in range(1, k):
+                    for q2 in range(cols):
+                        totals[q2] += ring[a, q1, q2]
+                row = out[row_slot]
+                for q2 in range(cols):
+                    if slots[q2] >= 0:
+                        row[slots[q2]] = totals[q2] / terms
 
 
 def _diagonal_row_nearest(x, y, k, deltas, offsets, values, columns):  # type: ignore[no-untyped-def]
@@ -149,22 +159,14 @@ def _dense_costs(u, v_columns, start, stop, out):  # type: ignore[no-untyped-def
             out[i, j] = totals[j] / terms
 
 
-def _compact(matrix, rows, columns, first, stop):  # type: ignore[no-untyped-def]
-    """matrix[rows][:, columns] (rows increasing, columns distinct, in any order) written over the start
-    of matrix's own buffer, for rows[first:stop]: each row is gathered into a buffer, then written to
-    its slot, which ends at or before the end of the row it was read from: no entry still to be read
-    is overwritten (by rows of other calls too where every row is kept, each over itself)."""
-    flat = matrix.reshape(-1)
-    width = len(columns)
-    stride = matrix.shape[1]
-    gathered = np.empty(width, dtype=matrix.dtype)
+def _gather_columns(matrix, columns, first, stop):  # type: ignore[no-untyped-def]
+    """matrix[first:stop] = matrix[first:stop][:, columns] (a permutation), in place row by row."""
+    gathered = np.empty(len(columns), dtype=matrix.dtype)
     for index in range(first, stop):
-        source = rows[index] * stride
-        for k in range(width):
-            gathered[k] = flat[source + columns[k]]
-        target = index * width
-        for k in range(width):
-            flat[target + k] = gathered[k]
+        row = matrix[index]
+        for k in range(len(columns)):
+            gathered[k] = row[columns[k]]
+        row[:] = gathered
 
 
 _window_sums_kernel = kernel(_window_sums)
@@ -172,27 +174,7 @@ _kernel = kernel(_diagonal_window_means)
 _listed_kernel = kernel(_listed_costs)
 _nearest_kernel = kernel(_diagonal_row_nearest)
 _dense_kernel = kernel(_dense_costs)
-_compact_kernel = kernel(_compact)
-
-
-def submatrix_in_place(matrix: np.ndarray, rows: np.ndarray, columns: np.ndarray, threads: int = 1) -> np.ndarray:
-    """matrix[np.ix_(rows, columns)] (indices: rows increasing, columns distinct, in any order), built
-    over matrix's own buffer, which the caller gives up. At 128 px (a 14,884-square float32 matrix)
-    np.ix_ took 2.0-2.7 s and a second matrix's memory; this 0.16-0.5 s on one thread. Pairs with
-    identical patches need it (flat photos: sky), and large problems their columns in block order
-    (iwdctl.iwd).
-    Threads share the rows only where every row is kept (each row then lies over itself)."""
-    if len(rows) == len(matrix) and np.array_equal(columns, np.arange(matrix.shape[1])):
-        return matrix  # every row and column in place
-    if _compact_kernel is None or not matrix.flags.c_contiguous or not matrix.flags.writeable:
-        return matrix[np.ix_(rows, columns)]
-    rows, columns = rows.astype(np.int64), columns.astype(np.int64)
-    width = len(columns)
-    if len(rows) == len(matrix) and width == matrix.shape[1]:
-        in_row_parts(lambda start, stop: _compact_kernel(matrix, rows, columns, start, stop), len(rows), threads)
-        return matrix
-    _compact_kernel(matrix, rows, columns, 0, len(rows))
-    return matrix.reshape(-1)[: len(rows) * width].reshape(len(rows), width)
+_gather_kernel = kernel(_gather_columns)
 
 
 def row_nearest(
@@ -285,6 +267,15 @@ def cost_matrix_torch(x: torch.Tensor, y: torch.Tensor, patch: int, stride: int 
     return cost if batched else cost[0]
 
 
+def _slots(selected: np.ndarray | None, count: int) -> np.ndarray:
+    """Each patch's index among `selected` (all patches in order when None), -1 where not selected."""
+    if selected is None:
+        return np.arange(count, dtype=np.int64)
+    slots = np.full(count, -1, dtype=np.int64)
+    slots[selected] = np.arange(len(selected))
+    return slots
+
+
 def cost_matrix(
     x: np.ndarray | torch.Tensor,
     y: np.ndarray | torch.Tensor,
@@ -292,25 +283,47 @@ def cost_matrix(
     stride: int = 1,
     threads: int = 1,
     dtype: type = np.float64,
+    rows: np.ndarray | None = None,
+    columns: np.ndarray | None = None,
 ) -> np.ndarray:
-    """C[i, j] = mean |u_i - v_j| for two images (3, H, W), as a NumPy array. The sums and the division
-    are in float64 whatever `dtype`; float32 storage only rounds each mean once."""
+    """C[i, j] = mean |u_i - v_j| for two images (3, H, W), as a NumPy array; with `rows` and `columns`
+    (distinct patch indices, in any order) only C[np.ix_(rows, columns)]. The sums and the division are
+    in float64 whatever `dtype`; float32 storage only rounds each mean once.
+
+    The CPU kernel writes the selected entries straight to their places: at 128 px a matrix of every
+    entry, then compacted, wrote up to 1.8 GB (and took its pages from the system, 2-3 s on a fresh
+    process) where pairs with many identical patches need a third of it."""
     if _kernel is None or stride != 1 or (hasattr(x, "detach") and x.device.type != "cpu"):
         import torch
 
         pair = torch.as_tensor(x).double(), torch.as_tensor(y).double()
-        return cost_matrix_torch(*pair, patch, stride).cpu().numpy().astype(dtype, copy=False)
+        full = cost_matrix_torch(*pair, patch, stride).cpu().numpy()
+        full = full if rows is None else full[rows]
+        return (full if columns is None else full[:, columns]).astype(dtype, copy=False)
     xs, ys = as_array(x, np.float64), as_array(y, np.float64)
-    rows = xs.shape[1] - patch + 1
-    count = rows * (xs.shape[2] - patch + 1)
-    out = np.empty((count, count), dtype=dtype)
-    deltas = np.arange(-(rows - 1), rows, dtype=np.int64)
+    patch_rows = xs.shape[1] - patch + 1
+    count = patch_rows * (xs.shape[2] - patch + 1)
+    # The kernel writes each row's entries in increasing column order (scattered over a row they
+    # missed the cache: about 2x slower at 128 px); other column orders are gathered row by row after.
+    order = None if columns is None or np.all(columns[1:] > columns[:-1]) else np.argsort(columns)
+    row_slots, column_slots = _slots(rows, count), _slots(columns if order is None else columns[order], count)
+    out = np.empty((count if rows is None else len(rows), count if columns is None else len(columns)), dtype=dtype)
+    deltas = np.arange(-(patch_rows - 1), patch_rows, dtype=np.int64)
     if threads <= 1:
-        _kernel(xs, ys, patch, deltas, out)
+        _kernel(xs, ys, patch, deltas, row_slots, column_slots, out)
     else:
         # Interleaved diagonals balance their different lengths; each thread writes its own entries.
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda part: _kernel(xs, ys, patch, deltas[part::threads], out), range(threads)))
+            list(
+                pool.map(
+                    lambda part: _kernel(xs, ys, patch, deltas[part::threads], row_slots, column_slots, out),
+                    range(threads),
+                )
+            )
+    if order is not None:
+        ranks = np.empty(len(order), dtype=np.int64)
+        ranks[order] = np.arange(len(order))
+        in_row_parts(lambda start, stop: _gather_kernel(out, ranks, start, stop), len(out), threads)
     return out
 
 

@@ -63,7 +63,6 @@ from iwdctl.costs import (
     pair_cost_matrix,
     pair_costs,
     row_nearest,
-    submatrix_in_place,
 )
 from iwdctl.errors import InputError
 from iwdctl.runtime import device_name
@@ -503,7 +502,7 @@ def _assignment(
     def costs(dtype: type) -> np.ndarray:
         if direct:
             return pair_cost_matrix(u[rows], v[columns], threads, dtype)
-        return submatrix_in_place(cost_matrix(x, y, patch, stride, threads, dtype), rows, columns, threads)
+        return cost_matrix(x, y, patch, stride, threads, dtype, rows, columns)
 
     if len(rows) > FLOAT32_ASSIGNMENT_SIZE:
         # Half the memory and memory traffic; the certificate and the final solve use exact costs.
@@ -544,7 +543,7 @@ def _plan_of_copies(
     if direct:
         cost = pair_cost_matrix(u[rows], v[distinct], threads)
     else:
-        cost = submatrix_in_place(cost_matrix(x, y, patch, stride, threads), rows, distinct, threads)
+        cost = cost_matrix(x, y, patch, stride, threads, rows=rows, columns=distinct)
     return _paired_in_groups(order[min_cost_assignment(cost, threads, copies[order])], groups)
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from iwdctl import assignment, distances
-from iwdctl.costs import cost_matrix, cost_matrix_torch, row_nearest, submatrix_in_place
+from iwdctl.costs import cost_matrix, cost_matrix_torch, row_nearest
 from iwdctl.errors import InputError
 from iwdctl.images import load_image
 from iwdctl.iwd import (
@@ -87,24 +87,31 @@ def test_cost_matrix_kernels_agree_with_cdist():
     np.testing.assert_allclose(batched[1].numpy(), reference.T, atol=1e-14)
 
 
-def test_submatrix_in_place_equals_fancy_indexing():
+def test_cost_matrix_of_selected_patches_equals_indexing_the_whole():
     generator = np.random.default_rng(0)
-    for dtype in (np.float32, np.float64):
-        for rows, columns in ((37, 41), (40, 40), (1, 5)):
-            matrix = generator.random((rows, columns)).astype(dtype)
-            for keep_share in (0.0, 0.3, 0.9, 1.0):
-                keep_rows = np.flatnonzero(generator.random(rows) < keep_share)
-                keep_columns = np.flatnonzero(generator.random(columns) < keep_share)
-                for kept_columns in (keep_columns, generator.permutation(keep_columns)):  # any column order
-                    expected = matrix[np.ix_(keep_rows, kept_columns)]
-                    for threads in (1, 2):
-                        got = submatrix_in_place(matrix.copy(), keep_rows, kept_columns, threads)
-                        assert got.dtype == dtype and np.array_equal(got, expected)
-    transposed = generator.random((20, 30)).T  # not C-contiguous: fancy indexing, the same result
-    keep_rows, keep_columns = np.flatnonzero(generator.random(30) < 0.5), generator.permutation(20)[:9]
-    assert np.array_equal(
-        submatrix_in_place(transposed, keep_rows, keep_columns), transposed[np.ix_(keep_rows, keep_columns)]
-    )
+    x, y = generator.random((2, 3, 17, 15))
+    count = 13 * 11
+    whole = cost_matrix(x, y, 5)
+    selections = [
+        (np.arange(count), np.arange(count)),
+        (np.flatnonzero(generator.random(count) < 0.3), np.flatnonzero(generator.random(count) < 0.6)),  # increasing
+        (generator.permutation(count)[:50], generator.permutation(count)[:70]),  # any order
+        (np.array([4]), generator.permutation(count)),
+    ]
+    for rows, columns in selections:
+        for threads in (1, 2):
+            for dtype in (np.float32, np.float64):
+                got = cost_matrix(x, y, 5, threads=threads, dtype=dtype, rows=rows, columns=columns)
+                assert got.dtype == dtype
+                assert np.array_equal(got, whole.astype(dtype)[np.ix_(rows, columns)])
+        # The torch route (other strides, GPUs) selects the same entries.
+        assert np.array_equal(
+            cost_matrix(
+                torch.from_numpy(x), torch.from_numpy(y), 5, stride=2, rows=rows[:3] % 42, columns=columns[:4] % 42
+            ),
+            cost_matrix(x, y, 5, stride=2)[np.ix_(rows[:3] % 42, columns[:4] % 42)],
+        )
+    assert np.array_equal(cost_matrix(x, y, 5, rows=selections[1][0]), whole[selections[1][0]])
 
 
 def test_block_order_puts_near_patches_in_one_block():
