@@ -10,7 +10,7 @@ alternating with this one pair by pair (the machine is shared and noisy), after 
 each tree on every pair (numba compiles kernels once per tree): the ratio of a change.
 
     python benchmarks/big_iwd.py [--pairs 1] [--first 600] [--kinds noise,...] [--results big_iwd.md]
-        [--base COMMIT] [--size 128] [--darkest]
+        [--base COMMIT] [--size 128] [--pick darkest|whitest]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, header, write_results  # noqa: E402
 from compare_commits import export  # noqa: E402
-from measure_speed import KINDS, make_pairs  # noqa: E402
+from measure_speed import KINDS, PICKS, make_pairs  # noqa: E402
 
 from iwdctl.costs import cpu_threads  # noqa: E402
 from iwdctl.images import load_image  # noqa: E402
@@ -46,13 +46,13 @@ def main() -> None:
     parser.add_argument("--results", default="big_iwd.md", help="results file name")
     parser.add_argument("--base", help="also time the whole process at this commit, alternating with this tree")
     parser.add_argument("--size", type=int, default=128, help="analysis size")
-    parser.add_argument("--darkest", action="store_true", help="the darkest photos from --first on")
+    parser.add_argument("--pick", choices=PICKS, default="first", help="which photos from --first on")
     arguments = parser.parse_args()
     threads = cpu_threads()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        make_pairs(folder, arguments.pairs, arguments.first, arguments.darkest)
+        make_pairs(folder, arguments.pairs, arguments.first, arguments.pick)
         trees = {"head": ROOT}
         if arguments.base:
             trees["base"] = folder / "base"
@@ -94,10 +94,10 @@ def main() -> None:
                     values[tree_name].append(value)
             count = len(names)
             head = wholes["head"]
-            # make_pairs names pair k of a kind k.png, made from nips17 photo first + k (with --darkest,
-            # the k-th darkest from there).
+            # make_pairs names pair k of a kind k.png, made from nips17 photo first + k (with --pick,
+            # the k-th in that order from there).
             stem = int(names[head.index(max(head))].stem)
-            slowest = f"darkest {stem + 1}" if arguments.darkest else f"photo {arguments.first + stem}"
+            slowest = f"photo {arguments.first + stem}" if arguments.pick == "first" else f"{arguments.pick} {stem + 1}"
             row = (
                 f"| {kind} | {seconds['float64'] / count:.2f} | {seconds['float32'] / count:.2f} | "
                 f"{seconds['float64'] / seconds['float32']:.2f}x | {sum(head) / count:.2f} | {max(head):.2f} ({slowest}) | "

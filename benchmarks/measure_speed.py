@@ -11,7 +11,7 @@ an untimed run on the kind's first pair (numba compiles a kernel's new signature
 default analysis size 64 (3364 patches) and at 128 (14884 patches).
 
     python benchmarks/measure_speed.py [--pairs 3] [--big-pairs 1] [--big-kinds noise,rotation] [--first 600]
-        [--darkest] [--estimate-kinds noise,shift] [--estimate-pairs 1] [--devices cpu,cuda] [--no-pot]
+        [--pick darkest] [--estimate-kinds noise,shift] [--estimate-pairs 1] [--devices cpu,cuda] [--no-pot]
         # writes benchmarks/results/measure_speed.md
 """
 
@@ -38,12 +38,21 @@ from iwdctl.iwd import analysis_view, estimate_iwd, exact_iwd, patches  # noqa: 
 KINDS = ("noise", "gaussian", "blur", "jpeg", "shift", "rotation", "rearranged", "pgd")
 
 
-def make_pairs(folder: Path, count: int, first: int = 600, darkest: bool = False) -> None:
-    """folder/<kind>/orig/NN.png and folder/<kind>/adv/NN.png for every kind, from photos `first` on
-    (with `darkest`, the darkest of them: noise clipped at 0 makes their problems degenerate)."""
+# make_pairs' orders of the photos from `first` on. Noise clipped at 0 or 1 makes flat dark or white
+# regions degenerate: thousands of near-identical or identical patches.
+PICKS = {
+    "first": None,
+    "darkest": lambda photo: float(photo.mean()),
+    "whitest": lambda photo: -float((photo == 1).all(dim=0).float().mean()),  # the most pure-white pixels
+}
+
+
+def make_pairs(folder: Path, count: int, first: int = 600, pick: str = "first") -> None:
+    """folder/<kind>/orig/NN.png and folder/<kind>/adv/NN.png for every kind, from photos `first` on, in
+    the order PICKS[pick] gives (index order for "first")."""
     files = sorted((SHARED / "nips17" / "images").glob("*.png"))[first:]
-    if darkest:
-        files.sort(key=lambda file: float(load_image(file).mean()))
+    if PICKS[pick] is not None:
+        files.sort(key=lambda file: PICKS[pick](load_image(file)))
     files = files[:count]
     if len(files) < count:
         raise SystemExit(f"{SHARED / 'nips17' / 'images'}: fewer than {first + count} photos")
@@ -136,7 +145,7 @@ def main() -> None:
     parser.add_argument("--big-kinds", default=",".join(KINDS), help="kinds at 128 px (POT takes minutes per pair)")
     parser.add_argument("--first", type=int, default=600, help="index of the first nips17 photo used")
     parser.add_argument("--results", default="measure_speed.md", help="results file name")
-    parser.add_argument("--darkest", action="store_true", help="the darkest photos from --first on")
+    parser.add_argument("--pick", choices=PICKS, default="first", help="which photos from --first on")
     parser.add_argument("--estimate-kinds", default=",".join(KINDS), help="kinds for the 224 px estimate ('' skips)")
     parser.add_argument("--estimate-pairs", type=int, default=1, help="pairs per kind for the 224 px estimate")
     parser.add_argument("--devices", default="cpu", help="iwdctl measure --device values, e.g. cpu,cuda")
@@ -151,7 +160,7 @@ def main() -> None:
             folder,
             max(arguments.pairs, arguments.big_pairs, arguments.estimate_pairs),
             arguments.first,
-            arguments.darkest,
+            arguments.pick,
         )
         for size, count, size_kinds in (
             (64, arguments.pairs, kinds),
