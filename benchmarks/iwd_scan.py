@@ -4,7 +4,7 @@ An outsider's view of the time per pair: every kind of measure_speed.py's pairs 
 of `--photos` nips17 photos from `--first` on, read from their 8-bit files as `iwdctl measure` reads
 them (read_image, then the analysis resize in float64). Each tree runs in its own worker process
 (start-up excluded), which first measures every pair once untimed (its kernels compiled or loaded),
-then the two alternate pair by pair, which goes first alternating too (the machine is shared and
+then the two alternate pair by pair, each pair twice, each tree first once (the machine is shared and
 noisy). Reported per kind: mean and slowest seconds per pair for both trees, their ratio, the pairs
 above `--limit` seconds, and the largest relative difference of values.
 
@@ -100,16 +100,21 @@ def main() -> None:
             for original, adversarial in kind_pairs:
                 for worker in workers.values():
                     worker.measure(original, adversarial, arguments.size)
-        turn = 0
         for kind in kinds:
             seconds: dict[str, list[float]] = {"base": [], "head": []}
             worst = 0.0
             for original, adversarial in pairs[kind]:
-                values = {}
-                for name in sorted(workers, reverse=turn % 2 == 1):
-                    values[name], taken = workers[name].measure(original, adversarial, arguments.size)
-                    seconds[name].append(taken)
-                turn += 1
+                # Each tree once first and once second on every pair: on this machine whichever process
+                # runs a pair first can lose up to about 1 s to fresh memory pages (128 px dense-route
+                # pairs), and a fixed order per pair (pair parity) made that a bias of 0.86-0.92x on the
+                # same pairs in two runs (iwd_scan_800_selected_costs*.md).
+                values, taken = {}, {name: 0.0 for name in workers}
+                for first in workers:
+                    for name in sorted(workers, key=lambda name: name != first):
+                        values[name], pair_seconds = workers[name].measure(original, adversarial, arguments.size)
+                        taken[name] += pair_seconds / len(workers)
+                for name in workers:
+                    seconds[name].append(taken[name])
                 worst = max(worst, abs(values["head"] - values["base"]) / values["base"])
             base, head = seconds["base"], seconds["head"]
             slow = sum(taken > arguments.limit for taken in head), sum(taken > arguments.limit for taken in base)
@@ -123,7 +128,7 @@ def main() -> None:
     text += (
         f"\n{arguments.photos} nips17 photos from {arguments.first} on, one pair of each kind per photo (measure_speed.py's "
         "pairs), read from their 8-bit files as `iwdctl measure` reads them; exact_iwd in process (2 threads, start-up "
-        f"excluded), after an untimed pass over every pair, the two trees alternating pair by pair. Slow: pairs above {arguments.limit:g} s.\n\n"
+        f"excluded), after an untimed pass over every pair, the two trees alternating pair by pair, each pair twice, each tree first once (seconds per pair: the mean of the two). Slow: pairs above {arguments.limit:g} s.\n\n"
         f"| kind | base s / pair | this tree s / pair | base / this tree | base slowest s | this tree slowest s | "
         "slow pairs base / this tree | values' difference |\n" + "| --- " * 8 + "|\n" + "\n".join(rows) + "\n"
     )

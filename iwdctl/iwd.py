@@ -80,8 +80,8 @@ if TYPE_CHECKING:
 # whole process). Below it both routes take milliseconds.
 FLOAT32_ASSIGNMENT_SIZE = 1024
 # Where identical patches leave at most this share of x's unmatched, their cost matrix is computed entry by
-# entry (3 k^2 terms each) instead of the whole matrix's window sums (about 25 operations per entry)
-# and a compaction.
+# entry (3 k^2 terms each) instead of by window sums, which cost about 25 operations per entry of the
+# whole matrix whatever share of it is kept.
 DIRECT_COSTS_SHARE = 0.4
 # Past this many patches the solver takes the columns in block order. In process (2 threads, nips17
 # photos 600, 601, 602 and 820, each pair twice each way, alternately): at 128 px (14,884 patches)
@@ -484,7 +484,7 @@ def _assignment(
 
     rows = np.flatnonzero(keep_u)  # as many as y's kept patches
     # Where identical patches leave few unmatched (an image and a copy with a band moved:
-    # iwdctl.rearrange), their costs are computed entry by entry, not the whole matrix and a compaction.
+    # iwdctl.rearrange), their costs are computed entry by entry, not by window sums over the whole matrix.
     direct = len(rows) <= DIRECT_COSTS_SHARE * len(u)
     if len(rows) > FLOAT32_ASSIGNMENT_SIZE:
         kept = np.flatnonzero(keep_v)
