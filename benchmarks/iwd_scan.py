@@ -108,13 +108,13 @@ def main() -> None:
                 # runs a pair first can lose up to about 1 s to fresh memory pages (128 px dense-route
                 # pairs), and a fixed order per pair (pair parity) made that a bias of 0.86-0.92x on the
                 # same pairs in two runs (iwd_scan_800_selected_costs*.md).
-                values, taken = {}, {name: 0.0 for name in workers}
+                values, mean_seconds = {}, {name: 0.0 for name in workers}
                 for first in workers:
                     for name in sorted(workers, key=lambda name: name != first):
                         values[name], pair_seconds = workers[name].measure(original, adversarial, arguments.size)
-                        taken[name] += pair_seconds / len(workers)
+                        mean_seconds[name] += pair_seconds / len(workers)
                 for name in workers:
-                    seconds[name].append(taken[name])
+                    seconds[name].append(mean_seconds[name])
                 worst = max(worst, abs(values["head"] - values["base"]) / values["base"])
             base, head = seconds["base"], seconds["head"]
             slow = sum(taken > arguments.limit for taken in head), sum(taken > arguments.limit for taken in base)
