@@ -6,8 +6,9 @@ The float64 route was checked against POT at 128 px (benchmarks/results/measure_
 measure_speed.py's (nips17 photos from index `--first` on). In-process times exclude start-up; the
 whole process (one per pair, so the goal's "per pair" holds for each) includes it (about 1 s).
 With `--base COMMIT` the whole process also runs from that commit's tree (compare_commits.export),
-alternating with this one pair by pair (the machine is shared and noisy), after an untimed run of
-each tree on every pair (numba compiles kernels once per tree): the ratio of a change.
+alternating with this one pair by pair, each pair once with each tree first (the machine is shared and
+noisy), after an untimed run of each tree on every pair (numba compiles kernels once per tree): the
+ratio of a change.
 
     python benchmarks/big_iwd.py [--pairs 1] [--first 600] [--kinds noise,...] [--results big_iwd.md]
         [--base COMMIT] [--size 128] [--pick darkest|whitest]
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, header, write_results  # noqa: E402
+from common import ROOT, each_first_once, header, write_results  # noqa: E402
 from compare_commits import export  # noqa: E402
 from measure_speed import KINDS, PICKS, make_pairs  # noqa: E402
 
@@ -83,15 +84,18 @@ def main() -> None:
                         )
             wholes: dict[str, list[float]] = {name: [] for name in trees}
             values: dict[str, list[float]] = {name: [] for name in trees}
-            for index, name in enumerate(names):
-                # Alternate which tree goes first: neither always meets the machine's busier moment.
-                for tree_name in sorted(trees, reverse=index % 2 == 1):
-                    report_path = folder / f"{kind}-{tree_name}.json"
-                    seconds_taken, value = whole_process(
-                        trees[tree_name], name, folder / kind / "adv" / name.name, report_path, arguments.size
-                    )
-                    wholes[tree_name].append(seconds_taken)
-                    values[tree_name].append(value)
+            for name in names:
+                mean_seconds, value_of = {tree_name: 0.0 for tree_name in trees}, {}
+                for order in each_first_once(trees):
+                    for tree_name in order:
+                        report_path = folder / f"{kind}-{tree_name}.json"
+                        seconds_taken, value_of[tree_name] = whole_process(
+                            trees[tree_name], name, folder / kind / "adv" / name.name, report_path, arguments.size
+                        )
+                        mean_seconds[tree_name] += seconds_taken / len(trees)
+                for tree_name in trees:
+                    wholes[tree_name].append(mean_seconds[tree_name])
+                    values[tree_name].append(value_of[tree_name])
             count = len(names)
             head = wholes["head"]
             # make_pairs names pair k of a kind k.png, made from nips17 photo first + k (with --pick,
@@ -120,8 +124,8 @@ def main() -> None:
         text = text.replace(
             "alone (start-up included): mean and slowest pair.",
             f"alone (start-up included): mean and slowest pair; then the same at base {base_hash} (run "
-            "alternately with this tree, pair by pair), the ratio base / this tree, and the largest relative "
-            "difference of their values.",
+            "alternately with this tree, pair by pair, each pair once with each tree first: the mean of the two), "
+            "the ratio base / this tree, and the largest relative difference of their values.",
         )
         text += " base whole process s / pair | base / this tree | values' difference |"
     columns = text.rsplit("\n", 1)[-1].count("|") - 1

@@ -7,6 +7,7 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -40,3 +41,12 @@ def write_results(name: str, text: str) -> Path:
     path = RESULTS / name
     write_text_atomic(path, text)  # a killed benchmark leaves the previous results whole
     return path
+
+
+def each_first_once(names: Iterable[str]) -> list[list[str]]:
+    """Orders of `names` in which each comes first once. Side-by-side runs measure every pair in each:
+    on this machine whichever process runs a 128 px pair first can lose up to about 1 s to fresh memory
+    pages, and one order per pair (by its parity) biased iwd_scan's 800-807 runs to 0.86-0.92x
+    (benchmarks/results/iwd_scan_800_selected_costs*.md)."""
+    names = list(names)
+    return [[first, *(name for name in names if name != first)] for first in names]

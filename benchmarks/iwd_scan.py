@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, header, write_results  # noqa: E402
+from common import ROOT, each_first_once, header, write_results  # noqa: E402
 from compare_commits import export  # noqa: E402
 from measure_speed import KINDS, make_pairs  # noqa: E402
 
@@ -104,13 +104,9 @@ def main() -> None:
             seconds: dict[str, list[float]] = {"base": [], "head": []}
             worst = 0.0
             for original, adversarial in pairs[kind]:
-                # Each tree once first and once second on every pair: on this machine whichever process
-                # runs a pair first can lose up to about 1 s to fresh memory pages (128 px dense-route
-                # pairs), and a fixed order per pair (pair parity) made that a bias of 0.86-0.92x on the
-                # same pairs in two runs (iwd_scan_800_selected_costs*.md).
                 values, mean_seconds = {}, {name: 0.0 for name in workers}
-                for first in workers:
-                    for name in sorted(workers, key=lambda name: name != first):
+                for order in each_first_once(workers):
+                    for name in order:
                         values[name], pair_seconds = workers[name].measure(original, adversarial, arguments.size)
                         mean_seconds[name] += pair_seconds / len(workers)
                 for name in workers:
